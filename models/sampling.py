@@ -1,0 +1,121 @@
+"""Seeds -> noise -> images: the one sampling path shared by the CLI, the augmentation jobs and the service.
+
+Image i of a request with seed s is drawn from noise seeded with s + i, so any single image can be
+reproduced alone (`seed = s + i, n = 1`) and batching requests together never changes an image.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+MAX_SEED = 2**63 - 1
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` -> CUDA if available, else MPS, else CPU; any other value is passed to torch.device."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def class_aliases(class_names: Sequence[str]) -> dict[str, int]:
+    """Accepted spellings -> index: the name without case/punctuation, and each '/'-separated part ("tshirt")."""
+    aliases: dict[str, int] = {}
+    for i, name in enumerate(class_names):
+        for key in [name, *name.split("/")]:
+            aliases.setdefault(_norm(key), i)
+    return aliases
+
+
+def class_index(class_names: Sequence[str], value: str | int) -> int:
+    """Resolve a class given by index or name (case-insensitive, aliases allowed); ValueError lists valid ones."""
+    n = len(class_names)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if 0 <= int(value) < n:
+            return int(value)
+        raise ValueError(f"class index {value} out of range 0..{n - 1}; classes: {list(class_names)}")
+    text = str(value).strip()
+    if text.isdigit():
+        return class_index(class_names, int(text))
+    idx = class_aliases(class_names).get(_norm(text))
+    if idx is None or not _norm(text):
+        raise ValueError(f"unknown class {value!r}; valid classes: {list(class_names)} (or an index 0..{n - 1})")
+    return idx
+
+
+def noise(seeds: Sequence[int], z_dim: int, truncation: float | None = None) -> torch.Tensor:
+    """(len(seeds), z_dim) standard normal noise, one generator per seed; |z| > truncation is resampled."""
+    if truncation is not None and not truncation > 0:
+        raise ValueError(f"truncation must be > 0 (or None), got {truncation}")
+    out = torch.empty(len(seeds), z_dim)
+    gen = torch.Generator()
+    for i, seed in enumerate(seeds):
+        if not 0 <= int(seed) <= MAX_SEED:
+            raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
+        gen.manual_seed(int(seed))
+        z = torch.randn(z_dim, generator=gen)
+        if truncation is not None:
+            bad = z.abs() > truncation
+            while bad.any():  # truncated normal by rejection; deterministic given the seed
+                z[bad] = torch.randn(int(bad.sum()), generator=gen)
+                bad = z.abs() > truncation
+        out[i] = z
+    return out
+
+
+@torch.no_grad()
+def generate(
+    generator: nn.Module,
+    labels: Sequence[int] | torch.Tensor,
+    seeds: Sequence[int],
+    truncation: float | None = None,
+) -> torch.Tensor:
+    """Images in [-1, 1], (B, C, R, R) float32 on CPU, for the given class indices and per-image seeds."""
+    device = next(generator.parameters()).device
+    z = noise(seeds, generator.z_dim, truncation).to(device)
+    y = torch.as_tensor(labels, dtype=torch.long, device=device)
+    dtype = next(generator.parameters()).dtype
+    return generator(z.to(dtype), y).float().cpu()
+
+
+def to_uint8(images: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
+    """[-1, 1] model output -> uint8 at the data's native size: (N, H, W) for 1 channel, (N, H, W, C) otherwise."""
+    norm = meta.get("normalization", {"mean": 0.5, "std": 0.5})
+    x = images * norm["std"] + norm["mean"]
+    h, w = meta.get("native_size") or images.shape[-2:]
+    top, left = (images.shape[-2] - h) // 2, (images.shape[-1] - w) // 2
+    x = x[..., top : top + h, left : left + w]
+    arr = (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+def from_uint8(images: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
+    """Inverse of `to_uint8` without the crop: uint8 (N, H, W[, C]) -> normalised float (N, C, H, W)."""
+    norm = meta.get("normalization", {"mean": 0.5, "std": 0.5})
+    x = torch.from_numpy(np.ascontiguousarray(images)).float() / 255
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return (x - norm["mean"]) / norm["std"]
+
+
+def grid(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
+    """Tile uint8 images (N, H, W[, C]) into one (rows*H, nrow*W[, C]) image, row-major."""
+    n, h, w = images.shape[:3]
+    rows = -(-n // nrow)
+    shape = (rows * (h + pad) + pad, nrow * (w + pad) + pad) + images.shape[3:]
+    out = np.full(shape, 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, nrow)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
+    return out

@@ -1,0 +1,1 @@
+"""ganforge training: data, losses, regularizers, the training loop, evaluation and the CLI."""

@@ -1,0 +1,119 @@
+"""`ganforge` command line. Each subcommand assembles its arguments and calls one library function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .loop import train
+
+    cfg = load_config(args.config, args.set)
+    if args.device:
+        cfg.device = args.device
+    print(f"exported {train(cfg, resume=args.resume)}")
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> None:
+    from .classifier import train_classifier
+
+    report = train_classifier(args.dataset, args.root, args.out, epochs=args.epochs, width=args.width,
+                              seed=args.seed, device=args.device or "auto")
+    print(json.dumps(report))
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from .sample import sample_to_files
+
+    sample_to_files(args.checkpoint, args.per_class, args.seed, args.out, args.grid, args.classes,
+                    args.truncation, args.device or "auto")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    report = evaluate(args.checkpoint, classifier=args.classifier, per_class=args.per_class, seed=args.seed,
+                      features=args.features, device=args.device or "auto", record=args.record,
+                      truncation=args.truncation)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        from models.checkpoint import atomic_write
+
+        atomic_write(args.json, lambda tmp: tmp.write_text(text + "\n"))
+    print(text)
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from models import read_metadata
+
+    print(json.dumps(read_metadata(args.checkpoint), indent=2))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ganforge", description="Train, sample, evaluate and serve conditional GANs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a GAN from a YAML run config")
+    t.add_argument("config", help="YAML file under configs/")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--resume", action="store_true", help="continue from the run's resume state")
+    t.add_argument("--device", help="auto | cpu | cuda | mps (overrides the config)")
+    t.set_defaults(func=_cmd_train)
+
+    c = sub.add_parser("train-classifier", help="train the domain classifier used as evaluation feature space")
+    c.add_argument("--dataset", default="fashion-mnist")
+    c.add_argument("--root", default=None)
+    c.add_argument("--out", default="checkpoints/fashion_mnist_classifier")
+    c.add_argument("--epochs", type=int, default=8)
+    c.add_argument("--width", type=int, default=32)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device")
+    c.set_defaults(func=_cmd_train_classifier)
+
+    s = sub.add_parser("sample", help="sample a class-conditional checkpoint to .npz / PNG grid")
+    s.add_argument("checkpoint")
+    s.add_argument("--per-class", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--class", dest="classes", action="append", help="class name or index (repeatable)")
+    s.add_argument("--truncation", type=float, default=None)
+    s.add_argument("--out", help="output .npz (images, labels, class_names, seeds)")
+    s.add_argument("--grid", help="output PNG grid, one row per class")
+    s.add_argument("--device")
+    s.set_defaults(func=_cmd_sample)
+
+    e = sub.add_parser("evaluate", help="measure a checkpoint against the real test set")
+    e.add_argument("checkpoint")
+    e.add_argument("--classifier", default=None, help="domain classifier checkpoint (default: bundled one)")
+    e.add_argument("--features", default="domain", choices=["domain", "inception"])
+    e.add_argument("--per-class", type=int, default=1000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--truncation", type=float, default=None)
+    e.add_argument("--json", help="write the report here too")
+    e.add_argument("--record", action="store_true", help="store the metrics in the checkpoint's metadata")
+    e.add_argument("--device")
+    e.set_defaults(func=_cmd_evaluate)
+
+    i = sub.add_parser("info", help="print a checkpoint's metadata")
+    i.add_argument("checkpoint")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"ganforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ganforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

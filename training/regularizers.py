@@ -1,0 +1,29 @@
+"""Gradient penalties on the discriminator. Spectral norm is an architecture option (`spectral_norm: true`)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Critic = Callable[[torch.Tensor], torch.Tensor]  # x -> logits (labels already bound)
+
+
+def _grad_sq_norm(critic: Critic, x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    out = critic(x)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1)  # (B,)
+
+
+def r1_penalty(critic: Critic, real: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R1 = gamma/2 * E_real[ ||grad_x D(x)||^2 ] (Mescheder et al. 2018)."""
+    return 0.5 * gamma * _grad_sq_norm(critic, real).mean()
+
+
+def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, lam: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """WGAN-GP = lambda * E_xhat[(||grad D(xhat)||_2 - 1)^2], xhat = eps*real + (1-eps)*fake, eps~U[0,1] (Gulrajani 2017)."""
+    eps = torch.rand(real.shape[0], *([1] * (real.ndim - 1)), generator=generator).to(real)
+    xhat = eps * real.detach() + (1 - eps) * fake.detach()
+    norm = (_grad_sq_norm(critic, xhat) + 1e-12).sqrt()
+    return lam * ((norm - 1) ** 2).mean()
