@@ -7,6 +7,7 @@ from .conditional import (
     ProjectionDiscriminatorConfig,
 )
 from .mlp import MLPDiscriminator, MLPDiscriminatorConfig, MLPGenerator, MLPGeneratorConfig
+from .pix2pix import PatchDiscriminator, PatchDiscriminatorConfig, UNetGenerator, UNetGeneratorConfig
 
 
 # name -> nn.Module class; each class carries `config_class`, its frozen config dataclass.
@@ -16,6 +17,8 @@ ARCHITECTURES = {
     "MLPGenerator": MLPGenerator,
     "MLPDiscriminator": MLPDiscriminator,
     "DomainClassifier": DomainClassifier,
+    "UNetGenerator": UNetGenerator,
+    "PatchDiscriminator": PatchDiscriminator,
 }
 
 from .checkpoint import build, load, read_metadata, save  # noqa: E402

@@ -104,7 +104,7 @@ def to_uint8(images: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
 def from_uint8(images: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
     """Inverse of `to_uint8` without the crop: uint8 (N, H, W[, C]) -> normalised float (N, C, H, W)."""
     norm = meta.get("normalization", {"mean": 0.5, "std": 0.5})
-    x = torch.from_numpy(np.ascontiguousarray(images)).float() / 255
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).float() / 255  # a copy: inputs may be read-only
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return (x - norm["mean"]) / norm["std"]
 
@@ -119,3 +119,36 @@ def grid(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
         r, c = divmod(i, nrow)
         out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return out
+
+
+@torch.no_grad()
+def translate(generator: nn.Module, images: np.ndarray, meta: dict[str, Any], derive_source: bool = False,
+              batch_size: int = 64) -> np.ndarray:
+    """Image-to-image: uint8 sources (N, H, W) or (N, H, W, C) of any size -> uint8 outputs of the same size.
+
+    Inputs are padded (replicate) to a multiple of the network's stride and cropped back. With
+    `derive_source`, the images are targets-like pictures and the checkpoint's stored derivation
+    (e.g. `edges`) turns them into the model's input first.
+    """
+    from .derivations import derive
+
+    task = meta.get("task", {})
+    want = task.get("target_channels", 1) if derive_source else task.get("source_channels", 1)
+    x = from_uint8(images, meta)
+    if x.shape[1] != want:  # grey <-> RGB by luma or replication
+        x = x.mean(1, keepdim=True) if want == 1 else x.expand(-1, want, -1, -1)
+    if derive_source:
+        if not task.get("derivation"):
+            raise ValueError("this checkpoint stores no derivation; send the model's input image itself")
+        x = derive(task["derivation"], x)
+    h, w = x.shape[-2:]
+    stride = getattr(generator, "stride", 1)
+    ph, pw = (-h) % stride, (-w) % stride
+    top, left = ph // 2, pw // 2
+    if ph or pw:
+        x = torch.nn.functional.pad(x, (left, pw - left, top, ph - top), mode="replicate")
+    device = next(generator.parameters()).device
+    dtype = next(generator.parameters()).dtype
+    outs = [generator(x[i : i + batch_size].to(device, dtype)).float().cpu() for i in range(0, len(x), batch_size)]
+    y = torch.cat(outs)[..., top : top + h, left : left + w]
+    return to_uint8(y, {**meta, "native_size": [h, w]})

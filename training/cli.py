@@ -46,10 +46,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _cmd_translate(args: argparse.Namespace) -> None:
+    from .translate import translate_files, translate_to_npz
+
+    if args.dataset or args.paired:
+        if args.images:
+            raise ValueError("give image files or --dataset, not both")
+        translate_to_npz(args.checkpoint, args.dataset, args.split, args.out, args.root, args.paired, args.limit,
+                         args.device or "auto")
+    elif args.images:
+        for path in translate_files(args.checkpoint, args.images, args.out, args.derive, args.device or "auto"):
+            print(path)
+    else:
+        raise ValueError("nothing to translate: give image files or --dataset NAME")
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from models import read_metadata
 
     print(json.dumps(read_metadata(args.checkpoint), indent=2))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from service.store import export
+
+    tag, created = export(args.checkpoint, args.name, force=args.force)
+    print(f"exported {args.checkpoint} as {tag}" if created else f"{tag} already holds these weights")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -96,9 +118,29 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.set_defaults(func=_cmd_evaluate)
 
+    tr = sub.add_parser("translate", help="image-to-image: image files -> PNGs, or a dataset split -> .npz")
+    tr.add_argument("checkpoint")
+    tr.add_argument("images", nargs="*", help="PNG/JPEG files (any size)")
+    tr.add_argument("--out", required=True, help="output folder for files, or FILE.npz with --dataset")
+    tr.add_argument("--derive", action="store_true",
+                    help="the files are target-like pictures: apply the checkpoint's derivation (e.g. edges) first")
+    tr.add_argument("--dataset", help="dataset name (the checkpoint's derivation makes the inputs)")
+    tr.add_argument("--paired", help="aligned | folders (with --root) instead of a derivation")
+    tr.add_argument("--root", help="data folder")
+    tr.add_argument("--split", default="test")
+    tr.add_argument("--limit", type=int, help="first N items only")
+    tr.add_argument("--device")
+    tr.set_defaults(func=_cmd_translate)
+
     i = sub.add_parser("info", help="print a checkpoint's metadata")
     i.add_argument("checkpoint")
     i.set_defaults(func=_cmd_info)
+
+    x = sub.add_parser("export", help="copy a checkpoint into the BentoML model store for the service")
+    x.add_argument("checkpoint")
+    x.add_argument("--name", required=True, help="store name, e.g. fashion_mnist_cgan (see GANFORGE_MODELS)")
+    x.add_argument("--force", action="store_true", help="store a new version even if the weights are unchanged")
+    x.set_defaults(func=_cmd_export)
     return p
 
 

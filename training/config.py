@@ -14,7 +14,11 @@ class DataConfig:
     name: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | imagefolder | shapes
     root: str | None = None  # folder of the data (None: the dataset's default place)
     resolution: int = 32  # model resolution; 28x28 data is padded to 32 and cropped back when sampling
-    channels: int | None = None  # 1 or 3; None keeps the dataset's own
+    channels: int | None = None  # 1 or 3; None keeps the dataset's own (targets, for image-to-image)
+    # Image-to-image only: 'aligned' | 'folders' | a derivation ('edges', 'downsample', 'mask', 'grayscale')
+    paired: str | None = None
+    source_channels: int | None = None  # for 'aligned'/'folders' sources; None: same as channels
+    direction: str = "AtoB"
 
 
 @dataclass
@@ -25,6 +29,8 @@ class TrainConfig:
     generator: dict[str, Any] = field(default_factory=lambda: {"architecture": "ConditionalGenerator"})
     discriminator: dict[str, Any] = field(default_factory=lambda: {"architecture": "ProjectionDiscriminator"})
     loss: str = "hinge"  # minimax | non-saturating | hinge | wasserstein | least-squares
+    adversarial_weight: float = 1.0  # image-to-image: 0 trains the generator on L1 alone (no D)
+    l1_weight: float = 100.0  # image-to-image: lambda of the L1 term (pix2pix)
     r1_gamma: float = 0.0  # R1 penalty weight on real data (0 = off)
     gp_lambda: float = 0.0  # WGAN-GP weight (0 = off)
     diffaugment: str = ""  # e.g. "translation,cutout,colour" for small data

@@ -195,6 +195,63 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     }
 
 
+def _unit(images: np.ndarray) -> torch.Tensor:
+    return _as_nchw(images).float() / 255
+
+
+def pixel_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Mean per-image L1 (in [0, 1] units), PSNR (dB) and SSIM (torchmetrics) between uint8 image sets."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    p, t = _unit(pred), _unit(target)
+    return {"l1": (p - t).abs().mean().item(),
+            "psnr": peak_signal_noise_ratio(p, t, data_range=1.0, dim=(1, 2, 3)).item(),
+            "ssim": structural_similarity_index_measure(p, t, data_range=1.0).item()}
+
+
+def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: int = 0, features: str = "domain",
+                         device: str = "auto", limit: int | None = None) -> dict[str, Any]:
+    """Image-to-image report on the test split: L1/PSNR/SSIM against the targets (and of the input itself
+    where its channels match), FID/KID in the domain feature space beside the real-vs-real floor, and class
+    preservation (the domain classifier's accuracy on the outputs against the true labels)."""
+    from models import read_metadata
+
+    from .translate import translate_dataset
+
+    meta = read_metadata(checkpoint)
+    prov = meta.get("provenance", {})
+    dataset = prov.get("dataset")
+    root = (prov.get("config") or {}).get("data", {}).get("root")
+    arrays = translate_dataset(checkpoint, dataset, "test", root, limit=limit, device=device)
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "kind": "image-to-image",
+                              "derivation": meta["task"].get("derivation"), "num_images": len(arrays["outputs"]),
+                              **pixel_metrics(arrays["outputs"], arrays["targets"])}
+    if arrays["inputs"].shape == arrays["targets"].shape:
+        report.update({f"input_{k}": v for k, v in pixel_metrics(arrays["inputs"], arrays["targets"]).items()})
+    clf_path = Path(classifier) if classifier else (default_classifier(dataset) if dataset in DEFAULT_CLASSIFIERS
+                                                    else None)
+    if clf_path is None:
+        return report  # no domain feature space for this data: pixel metrics only
+    clf, clf_meta = load(clf_path, pick_device(device))
+    outputs, targets = _as_nchw(arrays["outputs"]), _as_nchw(arrays["targets"])
+    feature: nn.Module | int = DomainFeatures(clf) if features == "domain" else inception_feature()
+    train = load_dataset(dataset, "train", root, channels=meta["img_channels"])
+    floor_idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(targets)]
+    scores = fid_kid(feature, targets, outputs)
+    floor = fid_kid(feature, targets, train.images[floor_idx])
+    report.update({"feature_space": "domain" if features == "domain" else "inception-v3 pool3 (2048)",
+                   "classifier": str(clf_path), "fid": scores["fid"], "kid": scores["kid"],
+                   "fid_floor": floor["fid"], "kid_floor": floor["kid"]})
+    inputs = _as_nchw(arrays["inputs"])
+    if inputs.shape == targets.shape:
+        report["input_fid"] = fid_kid(feature, targets, inputs)["fid"]
+    if "labels" in arrays:
+        labels = torch.from_numpy(arrays["labels"])
+        report["class_preservation"] = (embed(clf, outputs)[1] == labels).float().mean().item()
+        report["classifier_accuracy_on_targets"] = (embed(clf, targets)[1] == labels).float().mean().item()
+    return report
+
+
 def evaluate(checkpoint: str, classifier: str | None = None, per_class: int = 1000, seed: int = 0,
              features: str = "domain", device: str = "auto", record: bool = False,
              truncation: float | None = None) -> dict[str, Any]:
@@ -204,8 +261,10 @@ def evaluate(checkpoint: str, classifier: str | None = None, per_class: int = 10
     kind = read_metadata(checkpoint).get("kind")
     if kind == "conditional":
         report = evaluate_conditional(checkpoint, classifier, per_class, seed, features, device, truncation)
+    elif kind == "image-to-image":
+        report = evaluate_translation(checkpoint, classifier, seed, features, device)
     else:
-        raise ValueError(f"cannot evaluate a {kind!r} checkpoint; supported: ['conditional']")
+        raise ValueError(f"cannot evaluate a {kind!r} checkpoint; supported: ['conditional', 'image-to-image']")
     if record:
         module, meta = load(checkpoint)
         meta["metrics"] = {k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "seed"}

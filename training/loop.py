@@ -1,4 +1,9 @@
-"""The GAN training loop: D-steps, G-step, EMA; resume state, TensorBoard, sample grids, final export."""
+"""The GAN training loop: D-steps, G-step, EMA; resume state, TensorBoard, sample grids, final export.
+
+One loop serves both kinds of model. What differs lives in a small task object: how a batch is drawn
+(labels + images, or source + target images), how the generator is called, the generator's extra loss
+(pix2pix's L1), the preview grid and the exported metadata. Discriminators all take `D(x, condition)`.
+"""
 from __future__ import annotations
 
 import copy
@@ -12,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build, save
@@ -19,7 +25,7 @@ from models.checkpoint import atomic_write
 from models.sampling import generate, grid, pick_device, to_uint8
 
 from .config import TrainConfig, to_dict, write_config
-from .data import NORMALIZATION, ImageData, geometry, load_dataset, prepare
+from .data import NORMALIZATION, geometry, load_dataset
 from .diffaugment import diff_augment
 from .losses import get_loss
 from .regularizers import gradient_penalty, r1_penalty
@@ -57,24 +63,20 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(generator: nn.Module, num_classes: int, batches: int = 32, batch_size: int = 64,
-                          seed: int = 0) -> None:
-    """Re-estimate BatchNorm running statistics for the (EMA) weights by averaging over random batches
-    ("standing statistics", BigGAN), so eval-mode samples match what the weights actually produce."""
+def recalibrate_batchnorm(generator: nn.Module, inputs: Any, batches: int = 32) -> None:
+    """Re-estimate BatchNorm running statistics for the (EMA) weights as a cumulative average over
+    `batches` forward passes ("standing statistics", BigGAN), so eval-mode outputs match the weights.
+    `inputs(i)` returns the positional arguments of the i-th forward pass."""
     bns = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
-    device = next(generator.parameters()).device
     saved = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average
     generator.train()
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(batches):
-        z = torch.randn(batch_size, generator.z_dim, generator=gen).to(device)
-        y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
-        generator(z, y)
+    for i in range(batches):
+        generator(*inputs(i))
     for bn, m in zip(bns, saved):
         bn.momentum = m
     generator.eval()
@@ -86,106 +88,246 @@ def grad_norm(module: nn.Module) -> float:
     return torch.stack(norms).norm().item() if norms else 0.0
 
 
-def build_networks(cfg: TrainConfig, data: ImageData) -> tuple[nn.Module, nn.Module]:
-    """G and D from the config, with num_classes / img_resolution / img_channels taken from the data."""
-    common = {"num_classes": len(data.class_names), "img_resolution": cfg.data.resolution,
-              "img_channels": int(data.images.shape[1])}
-    g_cfg, d_cfg = dict(cfg.generator), dict(cfg.discriminator)
-    return (build(g_cfg.pop("architecture"), {**g_cfg, **common}),
-            build(d_cfg.pop("architecture"), {**d_cfg, **common}))
-
-
-def checkpoint_metadata(cfg: TrainConfig, data: ImageData, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-    """The self-description stored with an exported conditional generator."""
-    _, native = geometry(data.native_size, cfg.data.resolution)
-    return {
-        "kind": "conditional",
-        "class_names": data.class_names,
-        "img_resolution": cfg.data.resolution,
-        "img_channels": int(data.images.shape[1]),
-        "native_size": native,
-        "normalization": NORMALIZATION,
-        "provenance": {"dataset": cfg.data.name, "split": "train", "steps": step, "seed": cfg.seed,
-                       "command": " ".join(sys.argv), "config": to_dict(cfg), **extra},
-        "metrics": {},
-    }
-
-
-def save_grid(generator: nn.Module, meta: dict[str, Any], path: Path, columns: int, max_rows: int = 16) -> None:
-    """PNG of fixed-seed samples, one row per class (first `max_rows` classes)."""
+def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    rows = min(len(meta["class_names"]), max_rows)
-    labels = [r for r in range(rows) for _ in range(columns)]
-    images = to_uint8(generate(generator, labels, list(range(len(labels)))), meta)
-    atomic_write(path, lambda tmp: Image.fromarray(grid(images, columns)).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def _provenance(cfg: TrainConfig, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"dataset": cfg.data.name, "split": "train", "steps": step, "seed": cfg.seed,
+            "command": " ".join(sys.argv), "config": to_dict(cfg), **extra}
+
+
+class ConditionalTask:
+    """noise + class label -> image. Condition = labels."""
+
+    kind = "conditional"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.data = load_dataset(cfg.data.name, "train", cfg.data.root, cfg.data.resolution, cfg.data.channels)
+        self.num_classes = len(self.data.class_names)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def arch_defaults(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        common = {"num_classes": self.num_classes, "img_resolution": self.cfg.data.resolution,
+                  "img_channels": int(self.data.images.shape[1])}
+        return common, common
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from .data import prepare
+
+        return self.data.labels[idx].to(self.device), prepare(self.data.images[idx], self.cfg.data.resolution).to(
+            self.device)
+
+    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> torch.Tensor:
+        z = torch.randn(len(cond), G.z_dim, generator=noise_gen).to(self.device)
+        return G(z, cond)
+
+    def g_extra(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), device=fake.device)
+
+    def recalibrate(self, G: nn.Module, batches: int) -> None:
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        recalibrate_batchnorm(G, lambda i: (torch.randn(64, G.z_dim, generator=gen).to(self.device),
+                                            torch.randint(0, self.num_classes, (64,), generator=gen).to(self.device)),
+                              batches)
+
+    def metadata(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        _, native = geometry(self.data.native_size, self.cfg.data.resolution)
+        return {"kind": self.kind, "class_names": self.data.class_names,
+                "img_resolution": self.cfg.data.resolution, "img_channels": int(self.data.images.shape[1]),
+                "native_size": native, "normalization": NORMALIZATION,
+                "provenance": _provenance(self.cfg, step, extra), "metrics": {}}
+
+    def save_grid(self, G: nn.Module, meta: dict[str, Any], path: Path, max_rows: int = 16) -> None:
+        """Fixed-seed samples, one row per class (first `max_rows` classes)."""
+        cols = self.cfg.grid_columns
+        labels = [r for r in range(min(self.num_classes, max_rows)) for _ in range(cols)]
+        _save_png(path, grid(to_uint8(generate(G, labels, list(range(len(labels)))), meta), cols))
+
+
+class TranslationTask:
+    """source image -> target image (pix2pix). Condition = the source batch."""
+
+    kind = "image-to-image"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        from .paired import load_paired
+
+        if cfg.diffaugment:
+            raise ValueError("diffaugment is not supported for image-to-image training (it would break pairs)")
+        self.cfg, self.device = cfg, device
+        d = cfg.data
+        self.data = load_paired(d.paired, d.name, "train", d.root, d.resolution, d.channels, d.source_channels,
+                                d.direction)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def arch_defaults(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        common = {"in_channels": self.data.source_channels, "out_channels": self.data.target_channels,
+                  "img_resolution": self.cfg.data.resolution}
+        return common, common
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        source, target = self.data.batch(idx, self.cfg.data.resolution)
+        return source.to(self.device), target.to(self.device)
+
+    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> torch.Tensor:
+        return G(cond)
+
+    def g_extra(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return self.cfg.l1_weight * F.l1_loss(fake.float(), real.float())
+
+    def recalibrate(self, G: nn.Module, batches: int) -> None:
+        sampler = BatchSampler(len(self.data), 64, self.cfg.seed + 7)
+        recalibrate_batchnorm(G, lambda i: (self.batch(sampler.indices(i))[0],), batches)
+
+    def metadata(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+        d = self.cfg.data
+        mode, native = geometry(self.data.native_size, d.resolution)
+        return {"kind": self.kind, "class_names": self.data.class_names,
+                "img_resolution": d.resolution, "img_channels": self.data.target_channels,
+                "native_size": native, "normalization": NORMALIZATION,
+                "task": {"source_channels": self.data.source_channels,
+                         "target_channels": self.data.target_channels,
+                         "derivation": self.data.derivation, "paired": d.paired, "direction": d.direction,
+                         "training_geometry": mode},
+                "provenance": _provenance(self.cfg, step, extra), "metrics": {}}
+
+    def save_grid(self, G: nn.Module, meta: dict[str, Any], path: Path) -> None:
+        """Three rows: sources, outputs, targets, for the first `grid_columns` training pairs."""
+        idx = torch.arange(min(self.cfg.grid_columns, len(self.data)))
+        source, target = self.batch(idx)
+        with torch.no_grad():
+            output = G(source).float()
+        rows = [to_uint8(t.float().cpu(), meta) for t in (source, output, target)]
+        rows = [r if r.ndim == 4 else np.repeat(r[..., None], 3, -1) for r in rows]
+        rows = [r if r.shape[-1] == 3 else np.repeat(r, 3, -1) for r in rows]
+        _save_png(path, grid(np.concatenate(rows), len(idx)))
+
+
+TASKS = {"conditional": ConditionalTask, "image-to-image": TranslationTask}
+
+
+class CollapseMonitor:
+    """Mode-collapse alarm: every `collapse_check_every` steps, sample each class with the EMA generator and
+    compare its diversity (mean pairwise distance in the domain classifier's feature space) with the real
+    data's; classes below `collapse_threshold` raise the alarm."""
+
+    def __init__(self, cfg: TrainConfig, task: ConditionalTask, device: torch.device, per_class: int = 64):
+        from models import load
+
+        from .evaluate import default_classifier, embed
+
+        self.cfg, self.task, self.per_class = cfg, task, per_class
+        self.classifier, _ = load(cfg.classifier or default_classifier(cfg.data.name), device)
+        data = task.data
+        idx = torch.cat([torch.nonzero(data.labels == c).flatten()[:per_class] for c in range(task.num_classes)])
+        self.real_feats, _ = embed(self.classifier, data.images[idx])
+        self.real_labels = data.labels[idx]
+        self.labels = torch.arange(task.num_classes).repeat_interleave(per_class)
+        self.seeds = (10_000_000 + torch.arange(len(self.labels))).tolist()  # fixed, apart from grid seeds
+
+    def check(self, G_ema: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
+        """Diversity ratio per class name."""
+        from .evaluate import class_diversity, embed
+
+        self.task.recalibrate(G_ema, batches=4)
+        imgs = to_uint8(generate(G_ema, self.labels.tolist(), self.seeds), meta)
+        t = torch.from_numpy(imgs)
+        t = t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+        feats, _ = embed(self.classifier, t)
+        div = class_diversity(feats, self.labels, self.real_feats, self.real_labels, self.task.num_classes)
+        return {name: d["ratio"] for name, d in zip(self.task.data.class_names, div)}
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train a class-conditional GAN as configured; returns the exported checkpoint's path."""
+    """Train a GAN as configured (class-conditional, or image-to-image when `data.paired` is set);
+    returns the exported checkpoint's path."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, workdir / "config.yaml")
+    if cfg.collapse_action not in ("warn", "stop", "rollback"):
+        raise ValueError(f"collapse_action must be warn, stop or rollback; got {cfg.collapse_action!r}")
 
-    data = load_dataset(cfg.data.name, "train", cfg.data.root, cfg.data.resolution, cfg.data.channels)
-    G, D = build_networks(cfg, data)
-    G, D = G.to(device).train(), D.to(device).train()
+    task = TASKS["image-to-image" if cfg.data.paired else "conditional"](cfg, device)
+    g_common, d_common = task.arch_defaults()
+    g_cfg, d_cfg = dict(cfg.generator), dict(cfg.discriminator)
+    G = build(g_cfg.pop("architecture"), {**g_cfg, **g_common}).to(device).train()
+    D = build(d_cfg.pop("architecture"), {**d_cfg, **d_common}).to(device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     d_loss_fn, g_loss_fn = get_loss(cfg.loss)
-    sampler = BatchSampler(len(data), cfg.batch_size, cfg.seed)
+    adversarial = cfg.adversarial_weight > 0
+    sampler = BatchSampler(len(task), cfg.batch_size, cfg.seed)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and device.type == "cuda") else nullcontext()
+    aug = lambda x: diff_augment(x, cfg.diffaugment)  # noqa: E731
     step, images_seen, train_seconds = 0, 0, 0.0
 
     state_path = workdir / STATE_NAME
-    if resume:
-        if not state_path.exists():
-            raise FileNotFoundError(f"--resume: no resume state at {state_path}")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)  # tensors only, no code
+
+    def snapshot() -> dict[str, Any]:
+        return {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
+                "images_seen": images_seen, "seconds": train_seconds,
+                "rng": torch.get_rng_state(), "noise_rng": noise_gen.get_state()}
+
+    def restore(state: dict[str, Any]) -> None:
+        nonlocal step, images_seen, train_seconds
         G.load_state_dict(state["G"]), D.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
         opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
         step, images_seen, train_seconds = int(state["step"]), int(state["images_seen"]), float(state["seconds"])
         torch.set_rng_state(state["rng"])
         noise_gen.set_state(state["noise_rng"])
+
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"--resume: no resume state at {state_path}")
+        restore(torch.load(state_path, map_location="cpu", weights_only=True))  # tensors only, no code
         print(f"resumed from {state_path} at step {step}", file=sys.stderr)
 
     def save_state() -> None:
-        state = {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
-                 "images_seen": images_seen, "seconds": train_seconds,
-                 "rng": torch.get_rng_state(), "noise_rng": noise_gen.get_state()}
+        state = snapshot()
         atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(workdir / "tb"), purge_step=step)
-    grid_meta = checkpoint_metadata(cfg, data, step, {})
-    z_dim, num_classes = G.z_dim, G.num_classes
+    grid_meta = task.metadata(step, {})
+    monitor = None
+    if cfg.collapse_check_every > 0:
+        if task.kind != "conditional":
+            raise ValueError("collapse_check_every needs a class-conditional run")
+        monitor = CollapseMonitor(cfg, task, device)
+    last_good: dict[str, Any] | None = None
+    stop_reason = None
     start = time.time() - train_seconds
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True)
-    stopped_by_budget = False
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True, mininterval=2)
+    penalty = loss_d = r = f = torch.zeros(())
     while step < cfg.steps:
         if budget is not None and time.time() - start >= budget:
-            stopped_by_budget = True
+            stop_reason = "time budget"
             break
         # --- discriminator step(s) ---
-        for k in range(cfg.d_steps):
-            idx = sampler.indices(step * cfg.d_steps + k)
-            real = prepare(data.images[idx], cfg.data.resolution).to(device)
-            y = data.labels[idx].to(device)
-            z = torch.randn(len(idx), z_dim, generator=noise_gen).to(device)
+        for k in range(cfg.d_steps if adversarial else 0):
+            cond, real = task.batch(sampler.indices(step * cfg.d_steps + k))
             with amp:
                 with torch.no_grad():
-                    fake = G(z, y)
-                r = D(diff_augment(real, cfg.diffaugment), y).float()
-                f = D(diff_augment(fake, cfg.diffaugment), y).float()
+                    fake = task.fake(G, cond, noise_gen)
+                r = D(aug(real), cond).float()
+                f = D(aug(fake), cond).float()
                 loss_d = d_loss_fn(r, f)
-            critic = lambda x: D(diff_augment(x, cfg.diffaugment), y).float()  # noqa: E731
+            critic = lambda x: D(aug(x), cond).float()  # noqa: E731
             penalty = torch.zeros((), device=device)
             if cfg.r1_gamma > 0:
                 penalty = penalty + r1_penalty(critic, real, cfg.r1_gamma)
@@ -194,49 +336,70 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             opt_d.zero_grad(set_to_none=True)
             (loss_d + penalty).backward()
             opt_d.step()
-        # --- generator step ---
-        y = data.labels[sampler.indices(step * cfg.d_steps)].to(device)  # real label frequencies
-        z = torch.randn(len(y), z_dim, generator=noise_gen).to(device)
+        # --- generator step (same conditions as the first D step: real label frequencies / real sources) ---
+        cond, real = task.batch(sampler.indices(step * cfg.d_steps))
         with amp:
-            f_g = D(diff_augment(G(z, y), cfg.diffaugment), y).float()
-            loss_g = g_loss_fn(f_g)
+            fake = task.fake(G, cond, noise_gen)
+            loss_adv = g_loss_fn(D(aug(fake), cond).float()) if adversarial else torch.zeros((), device=device)
+            loss_extra = task.g_extra(fake, real)
+            loss_g = cfg.adversarial_weight * loss_adv + loss_extra
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         g_grad = grad_norm(G)
         opt_g.step()
         ema_update(G_ema, G, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step += 1
-        images_seen += cfg.batch_size * (cfg.d_steps + 1)
+        images_seen += cfg.batch_size * ((cfg.d_steps if adversarial else 0) + 1)
         train_seconds = time.time() - start
         bar.update()
 
         if step % cfg.log_every == 0 or step == cfg.steps:
             ips = images_seen / max(train_seconds, 1e-9)
-            scalars = {"loss/d": loss_d.item(), "loss/g": loss_g.item(), "loss/penalty": penalty.item(),
-                       "grad_norm/g": g_grad, "logits/real": r.mean().item(), "logits/fake": f.mean().item(),
-                       "speed/images_per_s": ips}
+            scalars = {"loss/d": loss_d.item(), "loss/g": loss_adv.item(), "loss/g_extra": loss_extra.item(),
+                       "loss/penalty": penalty.item(), "grad_norm/g": g_grad, "logits/real": r.mean().item(),
+                       "logits/fake": f.mean().item(), "speed/images_per_s": ips}
             for key, value in scalars.items():
                 writer.add_scalar(key, value, step)
-            bar.set_postfix(d=f"{loss_d.item():.3f}", g=f"{loss_g.item():.3f}", gnorm=f"{g_grad:.2f}",
-                            img_s=f"{ips:.0f}")
+            bar.set_postfix(d=f"{loss_d.item():.3f}", g=f"{loss_adv.item():.3f}", extra=f"{loss_extra.item():.3f}",
+                            gnorm=f"{g_grad:.2f}", img_s=f"{ips:.0f}", refresh=False)
         if step % cfg.sample_every == 0 or step == cfg.steps:
-            recalibrate_batchnorm(G_ema, num_classes, batches=4, seed=cfg.seed)  # a preview: 256 samples do
-            save_grid(G_ema, grid_meta, workdir / f"grid_{step:07d}.png", cfg.grid_columns)
+            task.recalibrate(G_ema, batches=4)  # a preview: 256 samples are enough
+            task.save_grid(G_ema, grid_meta, workdir / f"grid_{step:07d}.png")
+        if monitor is not None and step % cfg.collapse_check_every == 0:
+            ratios = monitor.check(G_ema, grid_meta)
+            for name, ratio in ratios.items():
+                writer.add_scalar(f"diversity/{name}", ratio, step)
+            collapsed = {n: round(v, 3) for n, v in ratios.items() if v < cfg.collapse_threshold}
+            with open(workdir / "collapse.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": step, "ratios": ratios, "collapsed": collapsed}) + "\n")
+            if collapsed:
+                tqdm.write(f"WARNING mode collapse at step {step}: diversity ratio below "
+                           f"{cfg.collapse_threshold} for {collapsed}", file=sys.stderr)
+                if cfg.collapse_action == "rollback" and last_good is not None:
+                    restore(last_good)
+                    stop_reason = f"mode collapse; rolled back to step {step}"
+                    break
+                if cfg.collapse_action in ("stop", "rollback"):
+                    stop_reason = "mode collapse"
+                    break
+            else:
+                last_good = copy.deepcopy(snapshot())
         if step % cfg.state_every == 0:
             save_state()
     bar.close()
     writer.close()
     save_state()
 
-    recalibrate_batchnorm(G_ema, num_classes, seed=cfg.seed)
-    meta = checkpoint_metadata(cfg, data, step, {
+    task.recalibrate(G_ema, batches=32)
+    meta = task.metadata(step, {
         "images_seen": images_seen, "train_seconds": round(train_seconds, 1),
         "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1),
-        "stopped_by_time_budget": stopped_by_budget, "device": str(device)})
+        "stopped_early": stop_reason, "device": str(device)})
     export = Path(cfg.export)
     save(G_ema, export, meta)
     if export.suffix != ".safetensors":
         write_config(cfg, export / "config.yaml")
-        save_grid(G_ema, meta, export / "grid.png", cfg.grid_columns)
-    (workdir / "export.json").write_text(json.dumps({"export": str(export), "step": step}))
+        task.save_grid(G_ema, meta, export / "grid.png")
+    atomic_write(workdir / "export.json",
+                 lambda tmp: tmp.write_text(json.dumps({"export": str(export), "step": step, "stopped_early": stop_reason})))
     return export

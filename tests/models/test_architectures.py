@@ -13,6 +13,9 @@ TINY = {
     "MLPGenerator": {"num_classes": 3, "img_resolution": 12, "img_channels": 1, "z_dim": 8},
     "MLPDiscriminator": {"num_classes": 3, "img_resolution": 12, "img_channels": 1},
     "DomainClassifier": {"num_classes": 3, "img_resolution": 12, "img_channels": 1, "width": 4, "feature_dim": 8},
+    "UNetGenerator": {"in_channels": 1, "out_channels": 3, "img_resolution": 16, "depth": 3, "base_channels": 4},
+    "PatchDiscriminator": {"in_channels": 1, "out_channels": 3, "img_resolution": 16, "base_channels": 4,
+                           "n_layers": 2},
 }
 
 
@@ -22,6 +25,11 @@ def test_every_architecture_has_a_tiny_config():
 
 def run(module, cfg, batch=2):
     y = torch.tensor([0, 2][:batch])
+    if "in_channels" in cfg:  # image-to-image: (B, Cin, R, R) sources
+        src = torch.randn(batch, cfg["in_channels"], cfg["img_resolution"], cfg["img_resolution"])
+        if "Discriminator" in type(module).__name__:
+            return module(torch.randn(batch, cfg["out_channels"], *src.shape[-2:]), src)
+        return module(src)
     if hasattr(module, "z_dim"):
         return module(torch.randn(batch, module.z_dim), y)
     x = torch.randn(batch, cfg["img_channels"], cfg["img_resolution"], cfg["img_resolution"])
@@ -34,7 +42,11 @@ def test_shapes(name):
     module = build(name, cfg)
     assert dataclasses.asdict(module.config) | cfg == dataclasses.asdict(module.config)
     out = run(module, cfg)
-    if "Generator" in name:
+    if name == "UNetGenerator":
+        assert out.shape == (2, 3, 16, 16) and out.abs().max() <= 1.0
+    elif name == "PatchDiscriminator":
+        assert out.shape[:2] == (2, 1) and out.ndim == 4
+    elif "Generator" in name:
         assert out.shape == (2, cfg["img_channels"], cfg["img_resolution"], cfg["img_resolution"])
         assert out.abs().max() <= 1.0
         for attr in ("z_dim", "num_classes", "img_resolution", "img_channels"):
