@@ -32,5 +32,20 @@ test: $(STAMP) fashion-mnist
 test-slow: $(STAMP) fashion-mnist
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
 
+# The bundled checkpoints present in this checkout; `make serve SERVED="a b"` serves other store models.
+BUNDLED := fashion_mnist_cgan fashion_mnist_edges2image
+SERVED  ?= $(foreach m,$(BUNDLED),$(if $(wildcard checkpoints/$(m)/model.safetensors),$(m)))
+comma   := ,
+space   := $(subst ,, )
+
+# Export is idempotent (skipped when the store already holds the same weights), so it runs every time.
+serve: $(STAMP)
+	@test -n "$(strip $(SERVED))" || { echo "no model to serve: no checkpoints/{$(subst $(space),$(comma),$(BUNDLED))}/model.safetensors"; exit 1; }
+	@for m in $(SERVED); do \
+	  if [ -f checkpoints/$$m/model.safetensors ]; then $(VENV)/bin/ganforge export checkpoints/$$m --name $$m || exit 1; fi; \
+	done
+	BENTOML_DO_NOT_TRACK=True GANFORGE_MODELS=$(subst $(space),$(comma),$(strip $(SERVED))) \
+	  $(VENV)/bin/bentoml serve service.service:Generator --port $(PORT)
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,7 +1,8 @@
 """Seeds -> noise -> images: the one sampling path shared by the CLI, the augmentation jobs and the service.
 
 Image i of a request with seed s is drawn from noise seeded with s + i, so any single image can be
-reproduced alone (`seed = s + i, n = 1`) and batching requests together never changes an image.
+reproduced alone (`seed = s + i, n = 1`), and merging requests into one batch never changes the noise.
+(The float arithmetic of a different batch size can still move a few pixels by one grey level.)
 """
 from __future__ import annotations
 

@@ -74,6 +74,20 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {args.checkpoint} as {tag}" if created else f"{tag} already holds these weights")
 
 
+def _cmd_lab_mog(args: argparse.Namespace) -> None:
+    import torch
+
+    from .mog import MogConfig, run_mog, summary_line
+
+    torch.set_num_threads(args.threads)  # a 128-wide MLP gains nothing from more threads
+    fields = {"dataset": args.dataset, "loss": args.loss, "r1_gamma": args.r1, "gp_lambda": args.gp,
+              "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size, "d_steps": args.d_steps,
+              "min_count": args.min_count}
+    cfg = MogConfig(**{k: v for k, v in fields.items() if v is not None})
+    report = run_mog(cfg, plot=args.plot, logdir=args.logdir)
+    print(json.dumps(report) if args.json else summary_line(report))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ganforge", description="Train, sample, evaluate and serve conditional GANs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -141,6 +155,25 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--name", required=True, help="store name, e.g. fashion_mnist_cgan (see GANFORGE_MODELS)")
     x.add_argument("--force", action="store_true", help="store a new version even if the weights are unchanged")
     x.set_defaults(func=_cmd_export)
+
+    lab = sub.add_parser("lab", help="small experiments on training dynamics")
+    lab_sub = lab.add_subparsers(dest="lab", required=True)
+    m = lab_sub.add_parser("mog", help="mixture-of-Gaussians mode-collapse benchmark (defaults: MogConfig in "
+                                       "training/mog.py)")
+    m.add_argument("--dataset", help="ring (8 modes) | grid (25 modes)")
+    m.add_argument("--loss", help="minimax | non-saturating | hinge | wasserstein | least-squares")
+    m.add_argument("--r1", type=float, help="R1 penalty weight gamma (0 = off; on by default)")
+    m.add_argument("--gp", type=float, help="WGAN-GP weight lambda (0 = off, the default)")
+    m.add_argument("--steps", type=int, help="generator steps")
+    m.add_argument("--seed", type=int)
+    m.add_argument("--batch-size", type=int)
+    m.add_argument("--d-steps", type=int, help="discriminator steps per generator step")
+    m.add_argument("--min-count", type=int, help="high-quality samples a mode needs to count as covered")
+    m.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    m.add_argument("--plot", help="write a scatter plot PNG of the samples over the true modes here")
+    m.add_argument("--logdir", help="TensorBoard log folder (per-step losses and generator gradient norm)")
+    m.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    m.set_defaults(func=_cmd_lab_mog)
     return p
 
 

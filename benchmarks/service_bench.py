@@ -1,0 +1,270 @@
+"""Service benchmark, run by hand (not a test): raw generator throughput vs the BentoML service over HTTP.
+
+    .venv/bin/python benchmarks/service_bench.py [--checkpoint checkpoints/fashion_mnist_cgan] \
+        [--results benchmarks/RESULTS.md] [--json out.json]
+
+Side by side, on this machine, in one run:
+  raw      `models.sampling.generate` + uint8 conversion in-process at batch 1, 16, 64
+  http     `bentoml serve` on 127.0.0.1 (a temporary BENTOML_HOME holding only the checkpoint), adaptive
+           batching on and off (GANFORGE_BATCHING), n = 1 at concurrency 1/16/64 and n = 16 at concurrency 4
+Reports images/s, p50/p99 request latency and peak RSS per server worker, and checks issue 4's targets.
+Loopback only; every pattern is bounded by a request count and a time cap.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PATTERNS = [(1, 1), (1, 16), (1, 64), (16, 4)]  # (images per request, concurrent clients)
+RAW_BATCHES = (1, 16, 64)
+MARK_START, MARK_END = "<!-- service_bench:start -->", "<!-- service_bench:end -->"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def raw_throughput(checkpoint: str, batch: int, seconds: float, max_iters: int) -> dict:
+    """In-process generate + to_uint8 at a fixed batch size (the service's ceiling, without PNG or HTTP)."""
+    import torch
+
+    import models
+    from models.sampling import generate, to_uint8
+
+    G, meta = models.load(checkpoint, "cpu")
+    labels = [i % G.num_classes for i in range(batch)]
+    for _ in range(3):  # warm-up
+        to_uint8(generate(G, labels, list(range(batch))), meta)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_iters and time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        to_uint8(generate(G, labels, list(range(len(times) * batch, (len(times) + 1) * batch))), meta)
+        times.append(time.perf_counter() - t)
+    total = sum(times)
+    return {"batch": batch, "iters": len(times), "images_per_s": batch * len(times) / total,
+            "p50_ms": 1000 * percentile(times, 50), "p99_ms": 1000 * percentile(times, 99),
+            "torch_threads": torch.get_num_threads()}
+
+
+class Server:
+    """`bentoml serve` for one configuration, in its own process group; peak RSS read from its workers."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service.service:Generator", "--host", "127.0.0.1",
+             "--port", str(self.port)], cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.close()
+        raise RuntimeError(f"server not ready after 120 s; see {log}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_peak_rss_mb(self) -> list[float]:
+        import psutil
+
+        peaks = []
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if "_bentoml_impl.worker" in " ".join(p.cmdline()):
+                    status = Path(f"/proc/{p.pid}/status").read_text()
+                    hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+                    peaks.append(int(hwm.split()[1]) / 1024)
+            except (psutil.Error, OSError, StopIteration):
+                continue
+        return peaks
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+async def load(url: str, n: int, concurrency: int, requests: int, seconds: float, model: str) -> dict:
+    """`concurrency` clients each sending /generate requests of `n` images back to back."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def one(i: int) -> None:
+            body = {"class_name": i % 10, "n": n, "seed": i * n, "model": model}
+            t = time.perf_counter()
+            r = await client.post("/generate", json=body)
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t)
+            else:
+                errors[r.status_code] = errors.get(r.status_code, 0) + 1
+
+        async def worker() -> None:
+            nonlocal sent
+            while sent < requests and time.perf_counter() < deadline:
+                sent += 1
+                await one(sent)
+
+        for i in range(concurrency):  # warm-up: each connection once, and the batcher's calibration
+            await one(10**6 + i)
+        latencies.clear()
+        errors.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {"n": n, "concurrency": concurrency, "requests": len(latencies), "errors": errors,
+            "images_per_s": n * len(latencies) / elapsed, "p50_ms": 1000 * percentile(latencies, 50),
+            "p99_ms": 1000 * percentile(latencies, 99)}
+
+
+def batch_stats(url: str) -> dict:
+    """BentoML's adaptive batch size histogram for render_batch: calls and mean requests per call."""
+    import httpx
+
+    total = count = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_") and "render_batch" in line:
+            kind = line.split("{")[0].rsplit("_", 1)[1]
+            if kind == "sum":
+                total += float(line.rsplit(" ", 1)[1])
+            elif kind == "count":
+                count += float(line.rsplit(" ", 1)[1])
+    return {"batcher_calls": count, "mean_requests_per_call": total / count if count else None}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"### Service benchmark ({result['when']}, {result['machine']})", "",
+             f"Checkpoint `{result['checkpoint']}`; server: 1 worker, GANFORGE_THREADS={result['threads']}, "
+             f"max_batch_size {result['max_batch_size']}.", "",
+             "| path | batch / n x concurrency | images/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for r in result["raw"]:
+        lines.append(f"| raw in-process | batch {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | |")
+    for mode in ("on", "off"):
+        for r in result["http"][mode]["patterns"]:
+            lines.append(f"| HTTP, batching {mode} | n={r['n']} x {r['concurrency']} | {r['images_per_s']:.0f} | "
+                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] or ''} |")
+    lines.append("")
+    for mode in ("on", "off"):
+        h = result["http"][mode]
+        lines.append(f"- batching {mode}: peak RSS per worker {', '.join(f'{m:.0f} MB' for m in h['rss_mb'])}; "
+                     f"batcher: {h['batching']}")
+    lines += ["", "Targets (issue 4):"] + [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def targets(result: dict) -> list[tuple[str, bool]]:
+    raw_best = max(r["images_per_s"] for r in result["raw"])
+    on = {(r["n"], r["concurrency"]): r for r in result["http"]["on"]["patterns"]}
+    off = {(r["n"], r["concurrency"]): r for r in result["http"]["off"]["patterns"]}
+    n16 = on[(16, 4)]["images_per_s"] / raw_best
+    speedup = on[(1, 64)]["images_per_s"] / max(off[(1, 64)]["images_per_s"], 1e-9)
+    p99 = on[(1, 64)]["p99_ms"]
+    rss = max(result["http"]["on"]["rss_mb"] + result["http"]["off"]["rss_mb"] or [float("nan")])
+    return [(f"n=16 x 4 reaches {100 * n16:.0f}% of the best raw throughput (>= 70%)", n16 >= 0.7),
+            (f"n=1 x 64 with batching is {speedup:.1f}x without (>= 3x)", speedup >= 3),
+            (f"p99 at concurrency 64 with batching is {p99:.0f} ms (< 250 ms)", p99 < 250),
+            (f"peak RSS per worker {rss:.0f} MB (<= 1536 MB)", rss <= 1536)]
+
+
+def write_results(path: Path, text: str) -> None:
+    """Replace the marked service section of RESULTS.md (or append it)."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{MARK_START}\n{text}{MARK_END}\n"
+    if MARK_START in old and MARK_END in old:
+        new = old[: old.index(MARK_START)] + block + old[old.index(MARK_END) + len(MARK_END) + 1:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.write_text(new)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion_mnist_cgan"))
+    p.add_argument("--name", default="bench_cgan", help="store name used inside the temporary BENTOML_HOME")
+    p.add_argument("--requests", type=int, default=512, help="requests per HTTP pattern (upper bound)")
+    p.add_argument("--seconds", type=float, default=20.0, help="time cap per pattern")
+    p.add_argument("--threads", default=os.environ.get("GANFORGE_THREADS", "2"))
+    p.add_argument("--max-batch-size", default=os.environ.get("GANFORGE_MAX_BATCH_SIZE", "64"))
+    p.add_argument("--results", help="update the service section of this markdown file (benchmarks/RESULTS.md)")
+    p.add_argument("--json", help="also write the raw numbers here")
+    args = p.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="ganforge-bench-"))
+    os.environ.update(BENTOML_HOME=str(home / "bentoml"), BENTOML_DO_NOT_TRACK="True")
+    try:
+        from service.store import export
+
+        export(args.checkpoint, args.name)
+        result: dict = {"checkpoint": args.checkpoint, "when": time.strftime("%Y-%m-%d %H:%M"),
+                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "threads": args.threads,
+                        "max_batch_size": args.max_batch_size, "raw": [], "http": {}}
+        for batch in RAW_BATCHES:
+            result["raw"].append(raw_throughput(args.checkpoint, batch, args.seconds, max_iters=2000 // batch + 20))
+            print("raw", result["raw"][-1], flush=True)
+        for mode in ("on", "off"):
+            env = {"GANFORGE_MODELS": args.name, "GANFORGE_BATCHING": mode, "GANFORGE_THREADS": str(args.threads),
+                   "GANFORGE_MAX_BATCH_SIZE": str(args.max_batch_size)}
+            server = Server(env, home / f"server-{mode}.log")
+            try:
+                patterns = []
+                for n, concurrency in PATTERNS:
+                    patterns.append(asyncio.run(load(server.url, n, concurrency, args.requests, args.seconds,
+                                                     args.name)))
+                    print(f"http batching={mode}", patterns[-1], flush=True)
+                result["http"][mode] = {"patterns": patterns, "rss_mb": server.worker_peak_rss_mb(),
+                                        "batching": batch_stats(server.url)}
+            finally:
+                server.close()
+        result["targets"] = targets(result)
+        text = markdown(result)
+        print(text)
+        if args.results:
+            write_results(Path(args.results), text)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Service settings, read once from `GANFORGE_*` environment variables when the service module is imported.
+
+BentoML takes batching limits, threads and workers from the `@bentoml.service` / `@bentoml.api`
+decorators, and packs the models declared on the class, so these values must be known at import time.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+BUNDLED_MODELS = ("fashion_mnist_cgan", "fashion_mnist_edges2image")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is outside {low}..{high}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}; allowed: {list(allowed)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[str, ...] = BUNDLED_MODELS  # GANFORGE_MODELS: store names served, comma-separated
+    max_n: int = 64  # GANFORGE_MAX_N: images per request
+    batching: bool = True  # GANFORGE_BATCHING=off serves every request with its own forward pass
+    max_batch_size: int = 64  # GANFORGE_MAX_BATCH_SIZE: images merged into one forward pass
+    max_latency_ms: int = 2000  # GANFORGE_MAX_LATENCY_MS: queue + compute budget; beyond it BentoML answers 503
+    threads: int = 2  # GANFORGE_THREADS: worker threads for sync work (render, translate)
+    workers: int = 1  # GANFORGE_WORKERS: processes, each with its own model copies
+    device: str = "auto"  # GANFORGE_DEVICE: auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # GANFORGE_DTYPE: auto (bf16/fp16 on CUDA when checked safe, else fp32) | float32 | ...
+    timeout_s: int = 60  # GANFORGE_TIMEOUT: per-request timeout (504 beyond it)
+    max_upload_bytes: int = 4 << 20  # GANFORGE_MAX_UPLOAD_BYTES: /translate upload size
+    max_pixels: int = 1 << 20  # GANFORGE_MAX_PIXELS: /translate width * height (decompression bombs)
+    max_side: int = 2048  # GANFORGE_MAX_SIDE: /translate width and height
+    gpus: int = 0  # GANFORGE_GPUS: GPUs requested from the scheduler (BentoCloud / bentoml resources)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from `env` (default: os.environ); ValueError names the bad variable and its allowed values."""
+        env = os.environ if env is None else env
+        names = tuple(n.strip() for n in env.get("GANFORGE_MODELS", "").split(",") if n.strip()) or BUNDLED_MODELS
+        if len(set(names)) != len(names):
+            raise ValueError(f"GANFORGE_MODELS lists a model twice: {list(names)}")
+        for name in names:
+            check_model_name(name)
+        return cls(
+            models=names,
+            max_n=_int(env, "GANFORGE_MAX_N", cls.max_n, 1, 1024),
+            batching=_choice(env, "GANFORGE_BATCHING", "on", ("on", "off")) == "on",
+            max_batch_size=_int(env, "GANFORGE_MAX_BATCH_SIZE", cls.max_batch_size, 2, 4096),
+            max_latency_ms=_int(env, "GANFORGE_MAX_LATENCY_MS", cls.max_latency_ms, 1, 600_000),
+            threads=_int(env, "GANFORGE_THREADS", cls.threads, 1, 256),
+            workers=_int(env, "GANFORGE_WORKERS", cls.workers, 1, 256),
+            device=env.get("GANFORGE_DEVICE", "").strip() or cls.device,
+            dtype=_choice(env, "GANFORGE_DTYPE", cls.dtype, ("auto", "float32", "float16", "bfloat16")),
+            timeout_s=_int(env, "GANFORGE_TIMEOUT", cls.timeout_s, 1, 3600),
+            max_upload_bytes=_int(env, "GANFORGE_MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1024, 1 << 30),
+            max_pixels=_int(env, "GANFORGE_MAX_PIXELS", cls.max_pixels, 1, 1 << 28),
+            max_side=_int(env, "GANFORGE_MAX_SIDE", cls.max_side, 1, 1 << 16),
+            gpus=_int(env, "GANFORGE_GPUS", cls.gpus, 0, 64),
+        )
+
+    @property
+    def max_json_bytes(self) -> int:
+        """Body limit of the JSON routes: room for max_n render items, at least 64 KiB."""
+        return max(64 << 10, 256 * self.max_n)
+
+    def public(self) -> dict:
+        """The limits and batching settings clients may rely on (reported by /models)."""
+        keep = ("max_n", "batching", "max_batch_size", "max_latency_ms", "threads", "workers", "timeout_s",
+                "max_upload_bytes", "max_pixels", "max_side", "max_json_bytes")
+        return {name: getattr(self, name) for name in keep}
+
+
+def check_model_name(name: str) -> str:
+    """BentoML store names: lowercase letters, digits, '_', '-', '.', starting with a letter or digit."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.\-]{0,62}", name):
+        raise ValueError(f"model name {name!r} is not a valid BentoML model name "
+                         "(lowercase letters, digits, '_', '-', '.'; at most 63 characters)")
+    return name
+
+
+SETTINGS = Settings.from_env()

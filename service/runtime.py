@@ -1,0 +1,206 @@
+"""What the service does with a model once it is out of the store: device and dtype, counters, PNG in/out.
+
+Sampling itself is `models.sampling` (the same code as `ganforge sample`), so a seed means the same image
+over HTTP as on the command line.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from models import load
+from models import sampling
+from models.sampling import generate, pick_device, to_uint8
+
+logger = logging.getLogger("ganforge.service")
+
+KINDS = ("conditional", "image-to-image")
+# Low precision is kept only if, on a fixed probe batch, its uint8 output stays this close to float32's.
+MAX_MEAN_LEVEL_DIFF = 1.0  # grey levels, averaged over pixels
+MAX_LEVEL_DIFF = 24  # grey levels, worst pixel (GAN outputs sit on tanh edges; a few pixels move)
+PROBE_SIZE = 8
+
+UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # no EPS/PSD/...: some decoders run external tools
+UPLOAD_MODES = {"1": "L", "L": "L", "LA": "L", "P": "RGB", "RGB": "RGB", "RGBA": "RGB"}  # accepted -> decoded
+
+
+class UploadError(ValueError):
+    """An uploaded file that is not an acceptable image; the message says why."""
+
+
+@dataclass
+class Served:
+    """A loaded model: module on its device in its dtype, checkpoint metadata, per-worker counters."""
+
+    name: str
+    tag: str
+    module: nn.Module
+    meta: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    precision_check: dict[str, Any]
+    store_metadata: dict[str, Any] = field(default_factory=dict)
+    forward_passes: int = 0
+    images: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    def count(self, images: int) -> None:
+        with self._lock:
+            self.forward_passes += 1
+            self.images += images
+
+    def info(self) -> dict[str, Any]:
+        """The /models entry."""
+        m = self.meta
+        return {
+            "name": self.name, "tag": self.tag, "kind": self.kind, "architecture": m["architecture"],
+            "class_names": m.get("class_names"), "task": m.get("task"),
+            "img_resolution": m.get("img_resolution", getattr(self.module, "img_resolution", 0)),
+            "img_channels": m.get("img_channels", getattr(self.module, "img_channels", 0)),
+            "native_size": m.get("native_size"), "provenance": m.get("provenance", {}),
+            "metrics": m.get("metrics", {}), "sha256": self.store_metadata.get("sha256"),
+            "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+            "precision_check": self.precision_check, "forward_passes": self.forward_passes, "images": self.images,
+        }
+
+
+def _probe(module: nn.Module, meta: dict[str, Any]) -> np.ndarray:
+    """A fixed uint8 batch from the model, to compare dtypes on."""
+    if meta["kind"] == "conditional":
+        labels = [i % module.num_classes for i in range(PROBE_SIZE)]
+        return to_uint8(generate(module, labels, list(range(PROBE_SIZE))), meta)
+    r = int(meta.get("img_resolution", 32))
+    channels = int(meta.get("task", {}).get("source_channels", 1))
+    shape = (PROBE_SIZE, r, r) if channels == 1 else (PROBE_SIZE, r, r, channels)
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    return sampling.translate(module, images, meta)
+
+
+def choose_dtype(module: nn.Module, meta: dict[str, Any], device: torch.device,
+                 requested: str) -> tuple[nn.Module, torch.dtype, dict[str, Any]]:
+    """The module in the dtype to serve with, that dtype, and the evidence for it.
+
+    `auto` tries float16 then bfloat16 on CUDA (float16 first: more mantissa for pixel values) and float32
+    elsewhere. Any low-precision candidate, automatic or requested, must reproduce float32's probe images
+    within MAX_MEAN_LEVEL_DIFF / MAX_LEVEL_DIFF grey levels with no NaN, or the float32 module is kept.
+    """
+    if requested == "auto":
+        candidates = {"cuda": [torch.float16, torch.bfloat16], "mps": [torch.float16]}.get(device.type, [])
+    elif requested == "float32":
+        candidates = []
+    else:
+        candidates = [getattr(torch, requested)]
+    if not candidates:
+        return module, torch.float32, {"requested": requested, "checked": False}
+    reference = _probe(module, meta).astype(np.int16)
+    tried = []
+    for dtype in candidates:
+        low = copy.deepcopy(module).to(dtype)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # NaN casts are what the check is for
+                diff = np.abs(_probe(low, meta).astype(np.int16) - reference)
+        except RuntimeError as e:  # op not implemented for this dtype on this device
+            tried.append({"dtype": str(dtype).removeprefix("torch."), "error": str(e).splitlines()[0]})
+            continue
+        result = {"dtype": str(dtype).removeprefix("torch."), "mean_level_diff": round(float(diff.mean()), 4),
+                  "max_level_diff": int(diff.max())}
+        tried.append(result)
+        if result["mean_level_diff"] <= MAX_MEAN_LEVEL_DIFF and result["max_level_diff"] <= MAX_LEVEL_DIFF:
+            return low, dtype, {"requested": requested, "checked": True, "tried": tried}
+    logger.warning("%s: low precision rejected (%s); serving float32", meta.get("architecture"), tried)
+    return module, torch.float32, {"requested": requested, "checked": True, "tried": tried, "fallback": "float32"}
+
+
+def load_served(name: str, stored_model: Any, device_name: str = "auto", dtype_name: str = "auto") -> Served:
+    """Load a store model (a `bentoml.Model`) onto the chosen device, in the safest fast dtype."""
+    if stored_model is None:
+        raise FileNotFoundError(f"model {name!r} is not in the BentoML model store; "
+                                f"run `ganforge export CHECKPOINT --name {name}` or change GANFORGE_MODELS")
+    device = pick_device(device_name)
+    module, meta = load(stored_model.path, device)
+    if meta.get("kind") not in KINDS:
+        raise ValueError(f"store model {stored_model.tag} is a {meta.get('kind')!r} checkpoint; "
+                         f"the service serves {list(KINDS)}")
+    if meta["kind"] == "image-to-image" and not hasattr(sampling, "translate"):
+        raise ValueError(f"{stored_model.tag} is image-to-image but this ganforge has no models.sampling.translate")
+    module, dtype, check = choose_dtype(module, meta, device, dtype_name)
+    _probe(module, meta)  # warm-up: the first request should not pay for kernel selection
+    return Served(name=name, tag=str(stored_model.tag), module=module, meta=meta, device=device, dtype=dtype,
+                  precision_check=check, store_metadata=dict(stored_model.info.metadata))
+
+
+def render(served: Served, labels: list[int], seeds: list[int], truncation: float | None) -> np.ndarray:
+    """uint8 images (N, H, W[, C]) from one forward pass through `models.sampling.generate`."""
+    images = to_uint8(generate(served.module, labels, seeds, truncation), served.meta)
+    served.count(len(labels))
+    return images
+
+
+def translate(served: Served, image: np.ndarray, derive: bool) -> np.ndarray:
+    """One uint8 image (H, W[, C]) through an image-to-image model, same size out."""
+    out = sampling.translate(served.module, image[None], served.meta, derive_source=derive)
+    served.count(1)
+    return out[0]
+
+
+def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
+    """PNG of a uint8 (H, W) or (H, W, C) array, optionally upscaled by an integer factor (nearest)."""
+    if scale > 1:
+        image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)  # speed over a few bytes
+    return buf.getvalue()
+
+
+def png_b64(image: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def from_png_b64(text: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(text)), formats=["PNG"]) as im:
+        return np.asarray(im)
+
+
+def read_upload(path: Path, max_bytes: int, max_pixels: int, max_side: int) -> np.ndarray:
+    """Decode an uploaded image to uint8 (H, W) or (H, W, 3), checking size before decoding any pixel."""
+    size = path.stat().st_size
+    if size == 0:
+        raise UploadError("the uploaded file is empty")
+    if size > max_bytes:
+        raise UploadError(f"the uploaded file has {size} bytes; the limit is {max_bytes}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path, formats=UPLOAD_FORMATS)
+        except Exception as e:  # UnidentifiedImageError, DecompressionBombError, and whatever a decoder throws
+            raise UploadError(f"not a readable image (accepted formats: {list(UPLOAD_FORMATS)}): "
+                              f"{type(e).__name__}") from None
+        with im:
+            w, h = im.size  # from the header: nothing decoded yet
+            if w * h > max_pixels or max(w, h) > max_side or min(w, h) < 1:
+                raise UploadError(f"the image is {w}x{h} = {w * h} pixels; the limits are {max_pixels} pixels "
+                                  f"and {max_side} per side")
+            if im.mode not in UPLOAD_MODES:
+                raise UploadError(f"image mode {im.mode!r} is not supported; send one of {sorted(UPLOAD_MODES)} "
+                                  "(8-bit grey, palette or RGB, alpha is dropped)")
+            try:
+                return np.array(im.convert(UPLOAD_MODES[im.mode]))  # writable: torch.from_numpy needs it
+            except Exception as e:
+                raise UploadError(f"the image is corrupt or truncated: {type(e).__name__}") from None

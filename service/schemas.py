@@ -1,0 +1,113 @@
+"""Pydantic schemas of the HTTP API. Malformed input fails here, before any model runs, with HTTP 400
+naming the field; checks that need a loaded model (class names, model kinds) raise `field_error`."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from models.sampling import MAX_SEED
+
+from .config import SETTINGS
+
+TRUNCATION_RANGE = (0.1, 5.0)  # below 0.1 rejection sampling crawls; above ~5 truncation does nothing
+MAX_SCALE = 8
+
+ClassName = Union[Annotated[int, Strict()], Annotated[str, Strict(), Field(min_length=1, max_length=64)]]
+Seed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)]
+Truncation = Annotated[float, Field(ge=TRUNCATION_RANGE[0], le=TRUNCATION_RANGE[1], allow_inf_nan=False)]
+ModelName = Annotated[str, Strict(), Field(min_length=1, max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+class GenerateRequest(_Strict):
+    """Images of one class from a class-conditional model; image i uses seed + i."""
+
+    class_name: ClassName = Field(description="class name (case-insensitive, aliases like 'tshirt') or index",
+                                  examples=["sneaker", 7])
+    n: Annotated[int, Strict(), Field(ge=1, le=SETTINGS.max_n)] = Field(1, description="number of images")
+    seed: Optional[Seed] = Field(None, description="seed of the first image; omitted: the server picks one "
+                                                   "and returns it")
+    model: Optional[ModelName] = Field(None, description="served model name (POST /models lists them); "
+                                                         "omitted: the first class-conditional one")
+    truncation: Optional[Truncation] = Field(None, description="truncation trick: |z| above it is resampled; "
+                                                               "lower = more typical, less varied")
+
+    @field_validator("seed")
+    @classmethod
+    def _seeds_fit(cls, seed: Optional[int], info: ValidationInfo) -> Optional[int]:
+        n = info.data.get("n", 1)
+        if seed is not None and seed + n - 1 > MAX_SEED:
+            raise PydanticCustomError("seed_range", "seed + n - 1 must be <= {max}", {"max": MAX_SEED})
+        return seed
+
+
+class GenerateImageRequest(GenerateRequest):
+    """`GenerateRequest` rendered as one PNG: the image itself for n = 1, else a grid."""
+
+    nrow: Optional[Annotated[int, Strict(), Field(ge=1, le=SETTINGS.max_n)]] = Field(
+        None, description="images per grid row; omitted: about sqrt(n)")
+    scale: Annotated[int, Strict(), Field(ge=1, le=MAX_SCALE)] = Field(
+        1, description="integer nearest-neighbour upscaling, for looking at 28-pixel images in a browser")
+
+
+class RenderItem(_Strict):
+    """One image for the internal batched renderer: what /generate sends it, one item per image."""
+
+    model: ModelName
+    label: Annotated[int, Strict(), Field(ge=0)]
+    seed: Seed
+    truncation: Optional[Truncation] = None
+
+
+class GeneratedImage(BaseModel):
+    seed: int = Field(description="reproduces this image alone with n = 1")
+    png: str = Field(description="base64-encoded PNG")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    class_index: int
+    class_name: str
+    truncation: Optional[float]
+    width: int
+    height: int
+    channels: int
+    images: list[GeneratedImage]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    tag: str = Field(description="BentoML model store tag (name:version)")
+    kind: str = Field(description="'conditional' or 'image-to-image'")
+    architecture: str
+    class_names: Optional[list[str]] = None
+    task: Optional[dict[str, Any]] = Field(None, description="image-to-image: channels, derivation")
+    img_resolution: int
+    img_channels: int
+    native_size: Optional[list[int]] = None
+    provenance: dict[str, Any]
+    metrics: dict[str, Any]
+    sha256: Optional[str] = None
+    device: str
+    dtype: str
+    precision_check: dict[str, Any] = Field(description="low-precision output vs float32 at startup")
+    forward_passes: int = Field(description="generator forward passes in this worker since it started")
+    images: int = Field(description="images produced in this worker since it started")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    defaults: dict[str, Optional[str]] = Field(description="model used when a request names none, per kind")
+    settings: dict[str, Any] = Field(description="request limits and batching settings")
+
+
+def field_error(field: str, value: Any, message: str, title: str = "request") -> ValidationError:
+    """A ValidationError on one request field; BentoML answers it like schema errors (HTTP 400, `detail`)."""
+    error = PydanticCustomError("invalid_value", "{reason}", {"reason": message})  # braces in `message` stay literal
+    detail = InitErrorDetails(type=error, loc=(field,), input=value)
+    return ValidationError.from_exception_data(title, [detail])

@@ -1,0 +1,179 @@
+"""ganforge's BentoML service: class-conditional generation, image-to-image translation, model metadata.
+
+    bentoml serve service.service:Generator        # or `make serve` (PORT=3000)
+
+Routes: POST /generate (JSON: base64 PNGs + seeds), /generate_image (one PNG: image or grid),
+/translate (multipart upload -> PNG), /models (metadata); BentoML adds /readyz, /livez, /metrics, /docs.json.
+
+Concurrent /generate and /generate_image requests are merged: each is cut into one item per image and sent
+to the batchable `render_batch` API through BentoML's own client (`self.to_async`), whose adaptive batcher
+merges items from concurrent requests into one generator forward pass of at most GANFORGE_MAX_BATCH_SIZE
+images. Public APIs are `async` and only validate and wait, so the worker's `threads` go to the model.
+Settings come from GANFORGE_* variables (service/config.py).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from pathlib import Path
+from typing import Annotated, Optional
+
+import bentoml
+import numpy as np
+from PIL import Image
+from pydantic import Strict
+from starlette.concurrency import run_in_threadpool
+
+from models.sampling import class_index, grid
+
+from . import runtime
+from .config import SETTINGS
+from .limits import RequestLimits
+from .schemas import (
+    GeneratedImage,
+    GenerateImageRequest,
+    GenerateRequest,
+    GenerateResponse,
+    ModelInfo,
+    ModelName,
+    ModelsResponse,
+    RenderItem,
+    field_error,
+)
+
+logger = logging.getLogger("ganforge.service")
+
+UPLOADS = {"/translate": "image"}  # upload route -> its file field (bounded and checked by RequestLimits)
+MULTIPART_OVERHEAD = 64 << 10  # form fields and part headers around the uploaded file
+# BentoML packs (`bentoml build`) the models it finds as class attributes; which ones is configuration.
+MODEL_REFS = {name: bentoml.models.BentoModel(f"{name}:latest") for name in SETTINGS.models}
+
+
+def _declare_models(cls: type) -> type:
+    for name, ref in MODEL_REFS.items():
+        setattr(cls, "model_" + name.replace("-", "_").replace(".", "_"), ref)
+    return cls
+
+
+@bentoml.service(
+    name="ganforge",
+    workers=SETTINGS.workers,
+    threads=SETTINGS.threads,  # sync work (render_batch, translate) runs on these; default BentoML is 1
+    traffic={"timeout": SETTINGS.timeout_s},
+    **({"resources": {"gpu": SETTINGS.gpus}} if SETTINGS.gpus else {}),
+)
+@_declare_models
+class Generator:
+    def __init__(self) -> None:
+        self.served: dict[str, runtime.Served] = {}
+        for name, ref in MODEL_REFS.items():
+            self.served[name] = runtime.load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
+            s = self.served[name]
+            logger.info("serving %s (%s) on %s as %s", s.tag, s.kind, s.device, s.dtype)
+
+    # --- class-conditional generation -------------------------------------------------------------
+
+    @bentoml.api
+    async def generate(self, request: GenerateRequest, /) -> GenerateResponse:
+        """`n` images of one class as base64 PNGs, each with its seed (image i uses seed + i)."""
+        served, label, seed, pngs = await self._generate(request)
+        h, w = runtime.from_png_b64(pngs[0]).shape[:2]
+        return GenerateResponse(
+            model=served.name, class_index=label, class_name=served.meta["class_names"][label],
+            truncation=request.truncation, width=w, height=h, channels=int(served.meta.get("img_channels", 1)),
+            images=[GeneratedImage(seed=seed + i, png=png) for i, png in enumerate(pngs)])
+
+    @bentoml.api
+    async def generate_image(self, request: GenerateImageRequest, /, ctx: bentoml.Context) -> Image.Image:
+        """One PNG: the image for n = 1, else a grid (row-major, `nrow` per row). Header X-Seed: first seed."""
+        served, label, seed, pngs = await self._generate(request)
+        nrow = request.nrow or math.ceil(math.sqrt(len(pngs)))
+
+        def assemble() -> Image.Image:
+            images = np.stack([runtime.from_png_b64(p) for p in pngs])
+            picture = images[0] if len(images) == 1 else grid(images, nrow)
+            if request.scale > 1:
+                picture = picture.repeat(request.scale, axis=0).repeat(request.scale, axis=1)
+            return Image.fromarray(picture)
+
+        ctx.response.headers["X-Seed"] = str(seed)
+        ctx.response.headers["X-Class"] = served.meta["class_names"][label]
+        return await run_in_threadpool(assemble)
+
+    @bentoml.api(route="/internal/render_batch", batchable=SETTINGS.batching, batch_dim=0,
+                 max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def render_batch(self, items: list[RenderItem]) -> list[Optional[str]]:
+        """Internal (called by /generate): one base64 PNG per item; items of one model and truncation share
+        a forward pass. An item naming an unserved model or class gets null, so one bad item sent here by
+        hand cannot fail the other requests merged into its batch."""
+        out: list[Optional[str]] = [None] * len(items)
+        groups: dict[tuple[str, Optional[float]], list[int]] = {}
+        for i, item in enumerate(items):
+            served = self.served.get(item.model)
+            if served and served.kind == "conditional" and item.label < len(served.meta["class_names"]):
+                groups.setdefault((item.model, item.truncation), []).append(i)
+        for (name, truncation), index in groups.items():
+            images = runtime.render(self.served[name], [items[i].label for i in index],
+                                    [items[i].seed for i in index], truncation)
+            for i, image in zip(index, images):
+                out[i] = runtime.png_b64(image)
+        return out
+
+    async def _generate(self, request: GenerateRequest) -> tuple[runtime.Served, int, int, list[str]]:
+        served = self._pick(request.model, "conditional")
+        try:
+            label = class_index(served.meta["class_names"], request.class_name)
+        except ValueError as e:
+            raise field_error("class_name", request.class_name, str(e)) from None
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        items = [RenderItem(model=served.name, label=label, seed=seed + i, truncation=request.truncation)
+                 for i in range(request.n)]
+        client = getattr(self, "to_async", None)  # set by the BentoML server: calls go through its batcher
+        pngs = self.render_batch(items) if client is None else await client.render_batch(items)
+        if any(p is None for p in pngs):  # cannot happen for validated items; never answer a broken image
+            raise bentoml.exceptions.InternalServerError("render_batch returned no image")
+        return served, label, seed, pngs
+
+    # --- image-to-image ---------------------------------------------------------------------------
+
+    @bentoml.api
+    def translate(self, image: Path, model: Optional[ModelName] = None,
+                  derive: Annotated[bool, Strict()] = False) -> Image.Image:
+        """Translate one uploaded image (PNG/JPEG/BMP/GIF/WEBP) with an image-to-image model; same size out.
+        With derive=true the upload is a target-like picture and the model's stored derivation
+        (e.g. edges) makes its input first."""
+        served = self._pick(model, "image-to-image")
+        if derive and not served.meta.get("task", {}).get("derivation"):
+            raise field_error("derive", derive, f"model {served.name!r} stores no derivation; upload its input "
+                                                "image itself (derive=false)")
+        try:
+            array = runtime.read_upload(image, SETTINGS.max_upload_bytes, SETTINGS.max_pixels, SETTINGS.max_side)
+        except runtime.UploadError as e:
+            raise field_error("image", None, str(e)) from None
+        return Image.fromarray(runtime.translate(served, array, derive))
+
+    # --- metadata ---------------------------------------------------------------------------------
+
+    @bentoml.api
+    async def models(self) -> ModelsResponse:
+        """Every served model: kind, classes, geometry, provenance, metrics, device, dtype, counters."""
+        defaults = {kind: next((s.name for s in self.served.values() if s.kind == kind), None)
+                    for kind in runtime.KINDS}
+        return ModelsResponse(models=[ModelInfo(**s.info()) for s in self.served.values()], defaults=defaults,
+                              settings=SETTINGS.public())
+
+    def _pick(self, name: Optional[str], kind: str) -> runtime.Served:
+        """The served model a request names (or the first of `kind`); 400 on `model` listing valid ones."""
+        valid = [s.name for s in self.served.values() if s.kind == kind]
+        if name is None and valid:
+            return self.served[valid[0]]
+        if name in valid:
+            return self.served[name]
+        if name is None:
+            raise field_error("model", None, f"this server serves no {kind} model; served: {list(self.served)}")
+        raise field_error("model", name, f"unknown {kind} model {name!r}; valid: {valid}")
+
+
+Generator.add_asgi_middleware(RequestLimits, max_bytes=SETTINGS.max_json_bytes,
+                              max_upload_bytes=SETTINGS.max_upload_bytes + MULTIPART_OVERHEAD, uploads=UPLOADS)

@@ -1,0 +1,63 @@
+"""The BentoML model store side of ganforge: `ganforge export CKPT --name NAME` puts a checkpoint there.
+
+A stored model is a folder holding the checkpoint's `model.safetensors` (which describes itself, so
+`models.load(folder)` rebuilds it) plus BentoML metadata copied from the checkpoint (kind, classes,
+geometry, provenance, metrics) and labels `kind` / `sha256`. Exporting the same weights again is a
+no-op, so `make serve` can call it on every start.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from models import load
+from models.checkpoint import WEIGHTS_NAME, file_hash, weights_path
+
+from .config import check_model_name
+
+SERVABLE_KINDS = ("conditional", "image-to-image")
+
+
+def _plain(value: Any) -> Any:
+    """A copy BentoML accepts as model metadata: None values dropped (its validator rejects them)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value if v is not None]
+    return value
+
+
+def stored(name: str):
+    """The latest stored model called `name`, or None."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return bentoml.models.get(f"{name}:latest")
+    except NotFound:
+        return None
+
+
+def export(checkpoint: str | os.PathLike, name: str, force: bool = False) -> tuple[str, bool]:
+    """Copy a servable checkpoint into the BentoML model store as `name`; returns (tag, created).
+
+    Skips the copy (created=False) when the latest `name` already holds the same weights, unless `force`.
+    """
+    import bentoml
+
+    check_model_name(name)
+    module, meta = load(checkpoint, "cpu")  # the weights must rebuild, not just parse
+    del module
+    kind = meta.get("kind")
+    if kind not in SERVABLE_KINDS:
+        raise ValueError(f"{checkpoint} is a {kind!r} checkpoint; the service serves {list(SERVABLE_KINDS)}")
+    digest = file_hash(checkpoint)
+    latest = stored(name)
+    if latest is not None and latest.info.labels.get("sha256") == digest and not force:
+        return str(latest.tag), False
+    metadata = {**_plain(meta), "sha256": digest, "source": str(Path(checkpoint).resolve())}
+    with bentoml.models.create(name, labels={"kind": kind, "sha256": digest}, metadata=metadata) as ref:
+        shutil.copyfile(weights_path(checkpoint), Path(ref.path) / WEIGHTS_NAME)
+    return str(ref.tag), True
