@@ -1,0 +1,45 @@
+"""Training throughput (images/s through G+D per second of wall clock) of the bundled configs on this machine.
+
+Run by hand, alone on the machine:  .venv/bin/python benchmarks/train_throughput.py [--steps 60]
+Each config trains `steps` steps into a temporary folder and reports the loop's own count, as stored in the
+checkpoint's provenance: images through the networks (batch_size * (d_steps + 1) per step) per loop second.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+from models import load
+from training.config import load_config
+from training.loop import train
+
+CONFIGS = ["configs/fashion_mnist_cgan.yaml", "configs/fashion_mnist_mlp_cgan.yaml",
+           "configs/fashion_mnist_edges2image.yaml"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=60)
+    args = p.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')}")
+    for path in CONFIGS:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(path, [f"workdir={tmp}/run", f"export={tmp}/ckpt", f"steps={args.steps}",
+                                     "sample_every=1000000", "state_every=1000000", "max_minutes=null"])
+            _, meta = load(train(cfg))
+            prov = meta["provenance"]
+            print(json.dumps({"config": path, "steps": args.steps, "loop_seconds": prov["train_seconds"],
+                              "images_per_s": prov["images_per_second"],
+                              "steps_per_s": round(args.steps / prov["train_seconds"], 2)}))
+
+
+if __name__ == "__main__":
+    main()
