@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 BUNDLED_MODELS = ("fashion_mnist_cgan", "fashion_mnist_edges2image")
@@ -49,6 +50,15 @@ class Settings:
     max_pixels: int = 1 << 20  # GANFORGE_MAX_PIXELS: /translate width * height (decompression bombs)
     max_side: int = 2048  # GANFORGE_MAX_SIDE: /translate width and height
     gpus: int = 0  # GANFORGE_GPUS: GPUs requested from the scheduler (BentoCloud / bentoml resources)
+    jobs_dir: str = ""  # GANFORGE_JOBS_DIR: augmentation jobs and their results; empty: $BENTOML_HOME/ganforge_jobs
+    job_max_images: int = 100_000  # GANFORGE_JOB_MAX_IMAGES: images per augmentation job
+    job_max_active: int = 16  # GANFORGE_JOB_MAX_ACTIVE: queued + running jobs (429 beyond it)
+    job_batch_size: int = 32  # GANFORGE_JOB_BATCH_SIZE: images per job forward pass (an online request waits
+    #                           at most one of these)
+    job_chunk_size: int = 512  # GANFORGE_JOB_CHUNK_SIZE: images per resumable chunk (and progress step)
+    job_max_wait_ms: int = 1000  # GANFORGE_JOB_MAX_WAIT_MS: how long a job batch waits for online requests to
+    #                              finish before it runs anyway (so busy servers still make job progress)
+    job_pause_ms: int = 0  # GANFORGE_JOB_PAUSE_MS: sleep after every job batch (caps the jobs' share further)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -74,6 +84,13 @@ class Settings:
             max_pixels=_int(env, "GANFORGE_MAX_PIXELS", cls.max_pixels, 1, 1 << 28),
             max_side=_int(env, "GANFORGE_MAX_SIDE", cls.max_side, 1, 1 << 16),
             gpus=_int(env, "GANFORGE_GPUS", cls.gpus, 0, 64),
+            jobs_dir=env.get("GANFORGE_JOBS_DIR", "").strip(),
+            job_max_images=_int(env, "GANFORGE_JOB_MAX_IMAGES", cls.job_max_images, 1, 100_000_000),
+            job_max_active=_int(env, "GANFORGE_JOB_MAX_ACTIVE", cls.job_max_active, 1, 100_000),
+            job_batch_size=_int(env, "GANFORGE_JOB_BATCH_SIZE", cls.job_batch_size, 1, 4096),
+            job_chunk_size=_int(env, "GANFORGE_JOB_CHUNK_SIZE", cls.job_chunk_size, 1, 1 << 20),
+            job_max_wait_ms=_int(env, "GANFORGE_JOB_MAX_WAIT_MS", cls.job_max_wait_ms, 0, 3_600_000),
+            job_pause_ms=_int(env, "GANFORGE_JOB_PAUSE_MS", cls.job_pause_ms, 0, 60_000),
         )
 
     @property
@@ -84,8 +101,17 @@ class Settings:
     def public(self) -> dict:
         """The limits and batching settings clients may rely on (reported by /models)."""
         keep = ("max_n", "batching", "max_batch_size", "max_latency_ms", "threads", "workers", "timeout_s",
-                "max_upload_bytes", "max_pixels", "max_side", "max_json_bytes")
+                "max_upload_bytes", "max_pixels", "max_side", "max_json_bytes", "job_max_images", "job_max_active",
+                "job_batch_size", "job_chunk_size")
         return {name: getattr(self, name) for name in keep}
+
+
+def jobs_root(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    """Where augmentation jobs live: GANFORGE_JOBS_DIR, else `ganforge_jobs` in BentoML's home."""
+    env = os.environ if env is None else env
+    if settings.jobs_dir:
+        return Path(settings.jobs_dir).expanduser()
+    return Path(env.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser() / "ganforge_jobs"
 
 
 def check_model_name(name: str) -> str:

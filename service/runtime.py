@@ -6,6 +6,7 @@ over HTTP as on the command line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import io
 import logging
@@ -13,7 +14,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch.nn as nn
 from PIL import Image
 
 from models import load
+from models.checkpoint import file_hash
 from models import sampling
 from models.sampling import generate, pick_device, to_uint8
 
@@ -78,6 +80,40 @@ class Served:
             "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
             "precision_check": self.precision_check, "forward_passes": self.forward_passes, "images": self.images,
         }
+
+
+class OnlineGate:
+    """Counts online requests in flight, so that background jobs can give way to them.
+
+    Online handlers hold `online()` while they wait for their images; a job calls `wait_idle` before each
+    of its (small) forward passes and so starts none while an online request is in flight, waiting at most
+    `timeout` seconds so that a saturated server still makes some job progress.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @contextlib.contextmanager
+    def online(self) -> Iterator[None]:
+        with self._cond:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no online request is in flight (True) or `timeout` seconds pass (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._active == 0, timeout)
 
 
 def _probe(module: nn.Module, meta: dict[str, Any]) -> np.ndarray:
@@ -140,10 +176,12 @@ def load_served(name: str, stored_model: Any, device_name: str = "auto", dtype_n
                          f"the service serves {list(KINDS)}")
     if meta["kind"] == "image-to-image" and not hasattr(sampling, "translate"):
         raise ValueError(f"{stored_model.tag} is image-to-image but this ganforge has no models.sampling.translate")
+    store_metadata = dict(stored_model.info.metadata)
+    store_metadata.setdefault("sha256", file_hash(stored_model.path))  # jobs record the exact weights
     module, dtype, check = choose_dtype(module, meta, device, dtype_name)
     _probe(module, meta)  # warm-up: the first request should not pay for kernel selection
     return Served(name=name, tag=str(stored_model.tag), module=module, meta=meta, device=device, dtype=dtype,
-                  precision_check=check, store_metadata=dict(stored_model.info.metadata))
+                  precision_check=check, store_metadata=store_metadata)
 
 
 def render(served: Served, labels: list[int], seeds: list[int], truncation: float | None) -> np.ndarray:

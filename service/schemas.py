@@ -2,9 +2,10 @@
 naming the field; checks that need a loaded model (class names, model kinds) raise `field_error`."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from models.sampling import MAX_SEED
@@ -104,6 +105,74 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     defaults: dict[str, Optional[str]] = Field(description="model used when a request names none, per kind")
     settings: dict[str, Any] = Field(description="request limits and batching settings")
+
+
+# --- augmentation jobs -------------------------------------------------------------------------------------
+
+JobCount = Annotated[int, Strict(), Field(ge=1, le=SETTINGS.job_max_images)]
+JobId = Annotated[str, Strict(), Field(pattern=r"^\d{8}-\d{6}-[0-9a-f]{8}$", description="as returned by submit")]
+
+
+class AugmentRequest(_Strict):
+    """A batch of labelled synthetic images. Give `per_class` or `total`; image k of the job (classes in
+    index order) uses seed + k, like `ganforge augment` and /generate."""
+
+    per_class: Optional[Union[JobCount, Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)],
+                                                       Annotated[int, Strict(), Field(ge=0, le=SETTINGS.job_max_images)]],
+                                                  Field(min_length=1, max_length=1024)]]] = Field(
+        None, description="images per class: one number for every class (or for `classes`), or "
+                          "{class name or index: count}", examples=[{"sneaker": 500, "bag": 200}, 100])
+    total: Optional[JobCount] = Field(None, description="images in all, split evenly over the classes (or "
+                                                        "`classes`); the first classes get one more when it "
+                                                        "does not divide")
+    classes: Optional[Annotated[list[ClassName], Field(min_length=1, max_length=1024)]] = Field(
+        None, description="only these classes (with a number `per_class` or `total`)")
+    seed: Optional[Seed] = Field(None, description="seed of image 0; omitted: the server picks one (see status)")
+    model: Optional[ModelName] = Field(None, description="served class-conditional model; omitted: the first")
+    truncation: Optional[Truncation] = None
+    format: Literal["imagefolder", "npz"] = Field(
+        "imagefolder", description="imagefolder: result is a zip of class folders of PNGs + manifest.csv; "
+                                   "npz: the arrays of `ganforge sample` (images, labels, class_names, seeds)")
+
+    @model_validator(mode="after")
+    def _one_count(self) -> "AugmentRequest":
+        if (self.per_class is None) == (self.total is None):
+            raise ValueError("give exactly one of per_class and total")
+        if self.classes is not None and isinstance(self.per_class, dict):
+            raise ValueError("classes goes with a number per_class or total; a per_class dict names its classes")
+        return self
+
+
+class JobRef(_Strict):
+    job_id: JobId
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    state: str = Field(description="queued | running | done | failed")
+    done: int = Field(description="images safely on disk (whole chunks of GANFORGE_JOB_CHUNK_SIZE)")
+    total: int
+    progress: float = Field(description="done / total")
+    model: str
+    model_tag: str
+    checkpoint_sha256: str
+    format: str
+    seed: int
+    truncation: Optional[float]
+    per_class: dict[str, int]
+    created: str
+    started: Optional[str] = None
+    finished: Optional[str] = None
+    attempts: int = Field(0, description="times a worker started or resumed it")
+    interruptions: int = Field(0, description="times its worker died while running it (then it resumed)")
+    error: Optional[str] = Field(None, description="why it failed")
+    note: Optional[str] = None
+    result: Optional[str] = Field(None, description="file name of the result (POST /augment/result) once done")
+    result_bytes: Optional[int] = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus] = Field(description="newest first")
 
 
 def field_error(field: str, value: Any, message: str, title: str = "request") -> ValidationError:

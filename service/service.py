@@ -3,19 +3,23 @@
     bentoml serve service.service:Generator        # or `make serve` (PORT=3000)
 
 Routes: POST /generate (JSON: base64 PNGs + seeds), /generate_image (one PNG: image or grid),
-/translate (multipart upload -> PNG), /models (metadata); BentoML adds /readyz, /livez, /metrics, /docs.json.
+/translate (multipart upload -> PNG), /models (metadata), /augment/{submit,status,result,list} (durable
+augmentation jobs, service/jobs.py); BentoML adds /readyz, /livez, /metrics, /docs.json.
 
 Concurrent /generate and /generate_image requests are merged: each is cut into one item per image and sent
 to the batchable `render_batch` API through BentoML's own client (`self.to_async`), whose adaptive batcher
 merges items from concurrent requests into one generator forward pass of at most GANFORGE_MAX_BATCH_SIZE
 images. Public APIs are `async` and only validate and wait, so the worker's `threads` go to the model.
-Settings come from GANFORGE_* variables (service/config.py).
+Augmentation jobs render through the same `runtime.render` in a background thread that gives way to
+online requests between its small batches (service/jobs.py). Settings come from GANFORGE_* variables
+(service/config.py).
 """
 from __future__ import annotations
 
 import logging
 import math
 import secrets
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,16 +29,22 @@ from PIL import Image
 from pydantic import Strict
 from starlette.concurrency import run_in_threadpool
 
-from models.sampling import class_index, grid
+from models.augment import AugmentJob, resolve_counts
+from models.sampling import MAX_SEED, class_index, grid
 
 from . import runtime
-from .config import SETTINGS
+from .config import SETTINGS, jobs_root
+from .jobs import JobManager, JobNotFound, JobNotReady, TooManyJobs
 from .limits import RequestLimits
 from .schemas import (
+    AugmentRequest,
     GeneratedImage,
     GenerateImageRequest,
     GenerateRequest,
     GenerateResponse,
+    JobList,
+    JobRef,
+    JobStatus,
     ModelInfo,
     ModelName,
     ModelsResponse,
@@ -71,6 +81,14 @@ class Generator:
             self.served[name] = runtime.load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
             s = self.served[name]
             logger.info("serving %s (%s) on %s as %s", s.tag, s.kind, s.device, s.dtype)
+        self.gate = runtime.OnlineGate()  # online requests in flight; jobs give way to them
+        self.jobs = JobManager(jobs_root(SETTINGS), self.served, self.gate, max_active=SETTINGS.job_max_active,
+                               batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000)
+        self.jobs.start()  # resumes the jobs an earlier run left unfinished
+
+    @bentoml.on_shutdown
+    def _stop_jobs(self) -> None:
+        self.jobs.stop()  # the running job stops after its batch and resumes at the next start
 
     # --- class-conditional generation -------------------------------------------------------------
 
@@ -130,7 +148,8 @@ class Generator:
         items = [RenderItem(model=served.name, label=label, seed=seed + i, truncation=request.truncation)
                  for i in range(request.n)]
         client = getattr(self, "to_async", None)  # set by the BentoML server: calls go through its batcher
-        pngs = self.render_batch(items) if client is None else await client.render_batch(items)
+        with self.gate.online():
+            pngs = self.render_batch(items) if client is None else await client.render_batch(items)
         if any(p is None for p in pngs):  # cannot happen for validated items; never answer a broken image
             raise bentoml.exceptions.InternalServerError("render_batch returned no image")
         return served, label, seed, pngs
@@ -151,7 +170,63 @@ class Generator:
             array = runtime.read_upload(image, SETTINGS.max_upload_bytes, SETTINGS.max_pixels, SETTINGS.max_side)
         except runtime.UploadError as e:
             raise field_error("image", None, str(e)) from None
-        return Image.fromarray(runtime.translate(served, array, derive))
+        with self.gate.online():
+            return Image.fromarray(runtime.translate(served, array, derive))
+
+    # --- augmentation jobs ------------------------------------------------------------------------
+
+    @bentoml.api(route="/augment/submit")
+    async def augment_submit(self, request: AugmentRequest, /) -> JobStatus:
+        """Queue a job of labelled synthetic images; everything is checked here (400 naming the field,
+        429 when GANFORGE_JOB_MAX_ACTIVE jobs are pending). Poll /augment/status, then fetch /augment/result."""
+        served = self._pick(request.model, "conditional")
+        names = served.meta["class_names"]
+        field = "total" if request.total is not None else "per_class"
+        try:
+            counts = resolve_counts(names, request.per_class, request.total, request.classes)
+        except ValueError as e:
+            raise field_error(field, None, str(e)) from None
+        total = sum(counts)
+        if total > SETTINGS.job_max_images:
+            raise field_error(field, None, f"the job asks for {total} images; the limit is "
+                                           f"{SETTINGS.job_max_images} per job (GANFORGE_JOB_MAX_IMAGES)")
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        if seed + total - 1 > MAX_SEED:
+            raise field_error("seed", seed, f"seed + {total} - 1 images must be <= {MAX_SEED}")
+        job = AugmentJob(checkpoint_sha256=served.store_metadata["sha256"], class_names=tuple(names),
+                         counts=tuple(counts), seed=seed, truncation=request.truncation, format=request.format,
+                         chunk_size=SETTINGS.job_chunk_size, batch_size=SETTINGS.job_batch_size, model=served.name)
+        try:
+            status = await run_in_threadpool(self.jobs.submit, job, served.tag, request.model_dump())
+        except TooManyJobs as e:
+            raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.TOO_MANY_REQUESTS) from None
+        return JobStatus(**status)
+
+    @bentoml.api(route="/augment/status")
+    async def augment_status(self, request: JobRef, /) -> JobStatus:
+        """State (queued | running | done | failed), progress, the reason of a failure; 404 for unknown ids."""
+        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.status, request.job_id))
+
+    @bentoml.api(route="/augment/result")
+    async def augment_result(self, request: JobRef, /) -> Path:
+        """The finished job's file: augment-<id>.zip (class folders + manifest.csv) or augment-<id>.npz;
+        409 while it is not done (or failed, with the reason), 404 for unknown ids."""
+        return await run_in_threadpool(self._job_call, self.jobs.result, request.job_id)
+
+    @bentoml.api(route="/augment/list")
+    async def augment_list(self) -> JobList:
+        """Every job in the jobs folder, newest first."""
+        return JobList(jobs=[JobStatus(**s) for s in await run_in_threadpool(self.jobs.list)])
+
+    @staticmethod
+    def _job_call(fn, job_id: str):
+        try:
+            return fn(job_id)
+        except JobNotFound:
+            raise bentoml.exceptions.NotFound(f"no augmentation job {job_id!r}; POST /augment/list lists them") \
+                from None
+        except JobNotReady as e:
+            raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.CONFLICT) from None
 
     # --- metadata ---------------------------------------------------------------------------------
 

@@ -32,6 +32,24 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                     args.truncation, args.device or "auto")
 
 
+def _cmd_augment(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from models.augment import augment_checkpoint, parse_per_class
+
+    per_class = parse_per_class(args.per_class) if args.per_class is not None else None
+    with tqdm(desc="augment", unit="img") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = augment_checkpoint(args.checkpoint, args.out, args.device or "auto", progress,
+                                    per_class=per_class, total=args.total, classes=args.classes, seed=args.seed,
+                                    truncation=args.truncation, format=args.format, chunk_size=args.chunk_size,
+                                    batch_size=args.batch_size)
+    print(json.dumps(report))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
@@ -119,6 +137,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", help="output PNG grid, one row per class")
     s.add_argument("--device")
     s.set_defaults(func=_cmd_sample)
+
+    a = sub.add_parser("augment", help="labelled synthetic images in bulk (class folders of PNGs or .npz + "
+                                       "manifest.csv); resumable: rerun the same command after an interruption")
+    a.add_argument("checkpoint")
+    a.add_argument("--per-class", help="images per class: N, or JSON like '{\"sneaker\": 500, \"bag\": 200}'")
+    a.add_argument("--total", type=int, help="images in all, split evenly over the classes (instead of --per-class)")
+    a.add_argument("--class", dest="classes", action="append", help="only this class (repeatable; with N or --total)")
+    a.add_argument("--seed", type=int, default=0, help="image k of the job uses seed + k")
+    a.add_argument("--truncation", type=float, default=None)
+    a.add_argument("--format", default="imagefolder", choices=["imagefolder", "npz"])
+    a.add_argument("--out", required=True, help="output folder (holds one job; rerun to resume)")
+    a.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk")
+    a.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    a.add_argument("--device")
+    a.set_defaults(func=_cmd_augment)
 
     e = sub.add_parser("evaluate", help="measure a checkpoint against the real test set")
     e.add_argument("checkpoint")

@@ -179,7 +179,8 @@ def server_env(store) -> dict[str, str]:
         if bundled_present(name):
             export(path, name)
             names.append(name)
-    return {"GANFORGE_MODELS": ",".join(names), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return {"GANFORGE_MODELS": ",".join(names), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+            "GANFORGE_JOBS_DIR": str(ROOT / "jobs-server")}  # not the in-process app's jobs folder
 
 
 @pytest.fixture(scope="session")
