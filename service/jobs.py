@@ -284,16 +284,16 @@ class JobManager:
         }
 
     def list(self) -> list[dict[str, Any]]:
-        """Every job's status, newest first."""
-        ids = sorted((f.name for f in self.root.iterdir() if JOB_ID.fullmatch(f.name)), reverse=True) \
-            if self.root.is_dir() else []
-        out = []
-        for job_id in ids:
+        """Every job's status, newest first (by submission time: ids only have one-second resolution)."""
+        found = []
+        for folder in self.root.iterdir() if self.root.is_dir() else []:
+            if not JOB_ID.fullmatch(folder.name):
+                continue
             try:
-                out.append(self.status(job_id))
+                found.append((self._state(folder).get("submitted", 0.0), folder.name, self.status(folder.name)))
             except (JobNotFound, OSError, ValueError, KeyError) as e:
-                logger.warning("skipping unreadable job folder %s: %s", job_id, e)
-        return out
+                logger.warning("skipping unreadable job folder %s: %s", folder.name, e)
+        return [status for _, _, status in sorted(found, reverse=True)]
 
     def result(self, job_id: str) -> Path:
         """The finished job's result file; JobNotReady (with the reason) while it is not done."""
