@@ -238,17 +238,6 @@ def latency_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, text: str, start: str, end: str) -> None:
-    """Replace the marked section of RESULTS.md (or append it)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{start}\n{text}{end}\n"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1:]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion_mnist_cgan"))
@@ -287,6 +276,9 @@ def main() -> None:
         text, marks = benefit_markdown(result), (MARK_START, MARK_END)
     print(text)
     if args.results:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from service_bench import write_results  # one marked-section writer for both benchmarks
+
         write_results(Path(args.results), text, *marks)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

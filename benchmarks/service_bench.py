@@ -206,12 +206,12 @@ def targets(result: dict) -> list[tuple[str, bool]]:
             (f"peak RSS per worker {rss:.0f} MB (<= 1536 MB)", rss <= 1536)]
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace the marked service section of RESULTS.md (or append it)."""
+def write_results(path: Path, text: str, start: str = MARK_START, end: str = MARK_END) -> None:
+    """Replace the section of RESULTS.md between the `start` and `end` markers (or append it)."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{MARK_START}\n{text}{MARK_END}\n"
-    if MARK_START in old and MARK_END in old:
-        new = old[: old.index(MARK_START)] + block + old[old.index(MARK_END) + len(MARK_END) + 1:]
+    block = f"{start}\n{text}{end}\n"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1:]
     else:
         new = old.rstrip("\n") + "\n\n" + block
     path.write_text(new)

@@ -122,7 +122,8 @@ def inception_feature() -> int:
     return 2048
 
 
-def _as_nchw(images: np.ndarray) -> torch.Tensor:
+def as_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) arrays -> (N, C, H, W) tensors."""
     t = torch.from_numpy(np.ascontiguousarray(images))
     return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
 
@@ -150,7 +151,7 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     clf, clf_meta = load(clf_path, dev)
     if clf_meta.get("kind") != "classifier":
         raise ValueError(f"{clf_path} is not a classifier checkpoint (kind={clf_meta.get('kind')!r})")
-    fake = _as_nchw(images)
+    fake = as_nchw(images)
     if list(fake.shape[1:]) != [clf_meta["img_channels"], *clf_meta["native_size"]]:
         raise ValueError(f"samples are {list(fake.shape[1:])} but the classifier expects "
                          f"{[clf_meta['img_channels'], *clf_meta['native_size']]}")
@@ -159,7 +160,7 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     train = load_dataset(dataset, "train", root, channels=channels)
     gen = torch.Generator().manual_seed(seed)
     floor_idx = torch.randperm(len(train), generator=gen)[: len(test)]
-    floor_imgs, floor_labels = train.images[floor_idx], train.labels[floor_idx]
+    floor_imgs = train.images[floor_idx]
     names = meta["class_names"]
 
     gen_f, gen_pred = embed(clf, fake)
@@ -196,7 +197,7 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
 
 
 def _unit(images: np.ndarray) -> torch.Tensor:
-    return _as_nchw(images).float() / 255
+    return as_nchw(images).float() / 255
 
 
 def pixel_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -233,7 +234,7 @@ def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: i
     if clf_path is None:
         return report  # no domain feature space for this data: pixel metrics only
     clf, clf_meta = load(clf_path, pick_device(device))
-    outputs, targets = _as_nchw(arrays["outputs"]), _as_nchw(arrays["targets"])
+    outputs, targets = as_nchw(arrays["outputs"]), as_nchw(arrays["targets"])
     feature: nn.Module | int = DomainFeatures(clf) if features == "domain" else inception_feature()
     train = load_dataset(dataset, "train", root, channels=meta["img_channels"])
     floor_idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(targets)]
@@ -242,7 +243,7 @@ def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: i
     report.update({"feature_space": "domain" if features == "domain" else "inception-v3 pool3 (2048)",
                    "classifier": str(clf_path), "fid": scores["fid"], "kid": scores["kid"],
                    "fid_floor": floor["fid"], "kid_floor": floor["kid"]})
-    inputs = _as_nchw(arrays["inputs"])
+    inputs = as_nchw(arrays["inputs"])
     if inputs.shape == targets.shape:
         report["input_fid"] = fid_kid(feature, targets, inputs)["fid"]
     if "labels" in arrays:

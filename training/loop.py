@@ -29,6 +29,7 @@ from .data import NORMALIZATION, geometry, load_dataset
 from .diffaugment import diff_augment
 from .losses import get_loss
 from .regularizers import gradient_penalty, r1_penalty
+from .sample import save_png
 
 STATE_NAME = "state.pt"
 
@@ -88,12 +89,6 @@ def grad_norm(module: nn.Module) -> float:
     return torch.stack(norms).norm().item() if norms else 0.0
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
-
-
 def _provenance(cfg: TrainConfig, step: int, extra: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": cfg.data.name, "split": "train", "steps": step, "seed": cfg.seed,
             "command": " ".join(sys.argv), "config": to_dict(cfg), **extra}
@@ -147,7 +142,7 @@ class ConditionalTask:
         """Fixed-seed samples, one row per class (first `max_rows` classes)."""
         cols = self.cfg.grid_columns
         labels = [r for r in range(min(self.num_classes, max_rows)) for _ in range(cols)]
-        _save_png(path, grid(to_uint8(generate(G, labels, list(range(len(labels)))), meta), cols))
+        save_png(path, grid(to_uint8(generate(G, labels, list(range(len(labels)))), meta), cols))
 
 
 class TranslationTask:
@@ -208,7 +203,7 @@ class TranslationTask:
         rows = [to_uint8(t.float().cpu(), meta) for t in (source, output, target)]
         rows = [r if r.ndim == 4 else np.repeat(r[..., None], 3, -1) for r in rows]
         rows = [r if r.shape[-1] == 3 else np.repeat(r, 3, -1) for r in rows]
-        _save_png(path, grid(np.concatenate(rows), len(idx)))
+        save_png(path, grid(np.concatenate(rows), len(idx)))
 
 
 TASKS = {"conditional": ConditionalTask, "image-to-image": TranslationTask}
@@ -235,13 +230,10 @@ class CollapseMonitor:
 
     def check(self, G_ema: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
         """Diversity ratio per class name."""
-        from .evaluate import class_diversity, embed
+        from .evaluate import as_nchw, class_diversity, embed
 
         self.task.recalibrate(G_ema, batches=4)
-        imgs = to_uint8(generate(G_ema, self.labels.tolist(), self.seeds), meta)
-        t = torch.from_numpy(imgs)
-        t = t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
-        feats, _ = embed(self.classifier, t)
+        feats, _ = embed(self.classifier, as_nchw(to_uint8(generate(G_ema, self.labels.tolist(), self.seeds), meta)))
         div = class_diversity(feats, self.labels, self.real_feats, self.real_labels, self.task.num_classes)
         return {name: d["ratio"] for name, d in zip(self.task.data.class_names, div)}
 
