@@ -147,12 +147,27 @@ class Generator:
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         items = [RenderItem(model=served.name, label=label, seed=seed + i, truncation=request.truncation)
                  for i in range(request.n)]
-        client = getattr(self, "to_async", None)  # set by the BentoML server: calls go through its batcher
+        client = self._batch_client()
         with self.gate.online():
             pngs = self.render_batch(items) if client is None else await client.render_batch(items)
         if any(p is None for p in pngs):  # cannot happen for validated items; never answer a broken image
             raise bentoml.exceptions.InternalServerError("render_batch returned no image")
         return served, label, seed, pngs
+
+    def _batch_client(self):
+        """BentoML's in-process client to this service (set by the server; None when the class is called
+        directly), through which render_batch calls reach the adaptive batcher.
+
+        BentoML 1.4.30+ (`_bentoml_impl/client/proxy2.SessionManager`) replaces that client's aiohttp session
+        every 100 requests or 5 minutes and closes the old one while other calls are still in flight on it,
+        which fails them with `ServerDisconnectedError` (HTTP 500) under sustained concurrency (bentoml
+        issues #5540, #5544). Our self-client talks to the app in process (no sockets, nothing to go stale),
+        so we switch the refresh off."""
+        client = getattr(self, "to_async", None)
+        manager = getattr(client, "_session_manager", None)
+        if manager is not None and manager.max_requests != math.inf:
+            manager.max_requests = manager.max_age = math.inf
+        return client
 
     # --- image-to-image ---------------------------------------------------------------------------
 

@@ -113,6 +113,16 @@ def test_concurrent_requests_are_merged_into_batches(server):
         assert diff.max() <= 1 and (diff > 0).mean() <= 0.01
 
 
+def test_sustained_concurrency_has_no_errors(server):
+    """Regression: BentoML's self-client replaced its aiohttp session every 100 calls while other calls were
+    in flight on it, so sustained load (not one burst) answered some requests with 500s."""
+    def one(i: int):
+        return server.http.post("/generate", json={"class_name": i % 10, "n": 1, "seed": i}).status_code
+    with cf.ThreadPoolExecutor(32) as pool:
+        codes = list(pool.map(one, range(320)))
+    assert codes == [200] * 320, {c: codes.count(c) for c in set(codes)}
+
+
 def test_without_batching_every_request_is_its_own_forward_pass(server_env):
     """The control for the test above: the same load with GANFORGE_BATCHING=off gives one pass per request."""
     home = ROOT / "bentoml-unbatched"
