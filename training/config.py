@@ -33,6 +33,7 @@ class TrainConfig:
     l1_weight: float = 100.0  # image-to-image: lambda of the L1 term (pix2pix)
     r1_gamma: float = 0.0  # R1 penalty weight on real data (0 = off)
     gp_lambda: float = 0.0  # WGAN-GP weight (0 = off)
+    mode_seeking: float = 0.0  # class-conditional: weight of the MSGAN mode-seeking term on G (0 = off)
     diffaugment: str = ""  # e.g. "translation,cutout,colour" for small data
     batch_size: int = 64
     steps: int = 3000  # generator steps

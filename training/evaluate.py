@@ -250,6 +250,8 @@ def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: i
         labels = torch.from_numpy(arrays["labels"])
         report["class_preservation"] = (embed(clf, outputs)[1] == labels).float().mean().item()
         report["classifier_accuracy_on_targets"] = (embed(clf, targets)[1] == labels).float().mean().item()
+        if inputs.shape == targets.shape:
+            report["input_class_preservation"] = (embed(clf, inputs)[1] == labels).float().mean().item()
     return report
 
 

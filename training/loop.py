@@ -28,7 +28,7 @@ from .config import TrainConfig, to_dict, write_config
 from .data import NORMALIZATION, geometry, load_dataset
 from .diffaugment import diff_augment
 from .losses import get_loss
-from .regularizers import gradient_penalty, r1_penalty
+from .regularizers import gradient_penalty, mode_seeking_loss, r1_penalty
 from .sample import save_png
 
 STATE_NAME = "state.pt"
@@ -118,12 +118,14 @@ class ConditionalTask:
         return self.data.labels[idx].to(self.device), prepare(self.data.images[idx], self.cfg.data.resolution).to(
             self.device)
 
-    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> torch.Tensor:
+    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(len(cond), G.z_dim, generator=noise_gen).to(self.device)
-        return G(z, cond)
+        return G(z, cond), z
 
-    def g_extra(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        return torch.zeros((), device=fake.device)
+    def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.cfg.mode_seeking <= 0:
+            return torch.zeros((), device=fake.device)
+        return self.cfg.mode_seeking * mode_seeking_loss(fake, z, cond)
 
     def recalibrate(self, G: nn.Module, batches: int) -> None:
         gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -172,10 +174,10 @@ class TranslationTask:
         source, target = self.data.batch(idx, self.cfg.data.resolution)
         return source.to(self.device), target.to(self.device)
 
-    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> torch.Tensor:
-        return G(cond)
+    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, None]:
+        return G(cond), None  # dropout is the noise source
 
-    def g_extra(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: None) -> torch.Tensor:
         return self.cfg.l1_weight * F.l1_loss(fake.float(), real.float())
 
     def recalibrate(self, G: nn.Module, batches: int) -> None:
@@ -315,7 +317,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             cond, real = task.batch(sampler.indices(step * cfg.d_steps + k))
             with amp:
                 with torch.no_grad():
-                    fake = task.fake(G, cond, noise_gen)
+                    fake, _ = task.fake(G, cond, noise_gen)
                 r = D(aug(real), cond).float()
                 f = D(aug(fake), cond).float()
                 loss_d = d_loss_fn(r, f)
@@ -331,9 +333,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         # --- generator step (same conditions as the first D step: real label frequencies / real sources) ---
         cond, real = task.batch(sampler.indices(step * cfg.d_steps))
         with amp:
-            fake = task.fake(G, cond, noise_gen)
+            fake, z = task.fake(G, cond, noise_gen)
             loss_adv = g_loss_fn(D(aug(fake), cond).float()) if adversarial else torch.zeros((), device=device)
-            loss_extra = task.g_extra(fake, real)
+            loss_extra = task.g_extra(fake, real, cond, z)
             loss_g = cfg.adversarial_weight * loss_adv + loss_extra
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

@@ -1,4 +1,5 @@
-"""Gradient penalties on the discriminator. Spectral norm is an architecture option (`spectral_norm: true`)."""
+"""Gradient penalties on the discriminator (spectral norm is an architecture option, `spectral_norm: true`),
+and the mode-seeking term on the generator."""
 from __future__ import annotations
 
 from typing import Callable
@@ -27,3 +28,17 @@ def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, lam
     xhat = eps * real.detach() + (1 - eps) * fake.detach()
     norm = (_grad_sq_norm(critic, xhat) + 1e-12).sqrt()
     return lam * ((norm - 1) ** 2).mean()
+
+
+def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mode seeking (MSGAN, Mao et al. 2019) over the same-class pairs (i, j) of a batch:
+    L_ms = 1 / (mean_ij[ mean|G(z_i, c) - G(z_j, c)| / mean|z_i - z_j| ] + eps).
+    Minimising it pushes samples of one class apart in proportion to their noise distance, which counters
+    intra-class mode collapse. Zero (no gradient) when no two samples share a class."""
+    same = (labels[:, None] == labels[None, :]).triu(diagonal=1)
+    i, j = same.nonzero(as_tuple=True)
+    if len(i) == 0:
+        return images.sum() * 0
+    x, n = images.float().flatten(1), z.float().flatten(1)
+    ratio = (x[i] - x[j]).abs().mean(1) / (n[i] - n[j]).abs().mean(1)
+    return 1 / (ratio.mean() + eps)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from training.regularizers import gradient_penalty, r1_penalty
+from training.regularizers import gradient_penalty, mode_seeking_loss, r1_penalty
 
 w = torch.tensor([[[[3.0, 4.0]]]])  # ||w|| = 5
 
@@ -27,3 +27,22 @@ def test_penalties_are_differentiable_wrt_critic_parameters():
     real, fake = torch.randn(8, 2), torch.randn(8, 2)
     (r1_penalty(crit, real, 1.0) + gradient_penalty(crit, real, fake, 1.0)).backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def test_mode_seeking_matches_its_formula_over_same_class_pairs():
+    images = torch.tensor([[0.0, 0.0], [1.0, 3.0], [5.0, 5.0]])
+    z = torch.tensor([[0.0], [2.0], [9.0]])
+    labels = torch.tensor([4, 4, 7])  # only the pair (0, 1) shares a class
+    expected = 1 / ((1.0 + 3.0) / 2 / 2.0 + 1e-5)
+    assert mode_seeking_loss(images, z, labels).item() == pytest.approx(expected)
+
+
+def test_mode_seeking_rewards_spread_and_is_inert_without_pairs():
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(8, dtype=torch.long)
+    spread = torch.randn(8, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    collapsed = (spread.detach() * 0.01).requires_grad_(True)
+    assert mode_seeking_loss(spread, z, labels) < mode_seeking_loss(collapsed, z, labels)
+    loss = mode_seeking_loss(spread, z, torch.arange(8))
+    loss.backward()
+    assert loss.item() == 0 and spread.grad.abs().sum() == 0

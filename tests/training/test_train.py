@@ -62,7 +62,8 @@ def test_resume_without_state_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("loss,extra", [("minimax", {}), ("non-saturating", {"r1_gamma": 1.0}),
                                         ("wasserstein", {"gp_lambda": 10.0}), ("least-squares", {}),
-                                        ("hinge", {"diffaugment": "colour,translation,cutout"})])
+                                        ("hinge", {"diffaugment": "colour,translation,cutout"}),
+                                        ("hinge", {"mode_seeking": 1.0})])
 def test_every_loss_and_regularizer_trains(tmp_path, loss, extra):
     ckpt = train_tiny(tmp_path, loss=loss, steps=3, batch_size=8, **extra)
     images, *_ = sample_arrays(str(ckpt), 2, 0)
