@@ -40,6 +40,14 @@ def wait_for(http, job_id: str, until=lambda s: s["state"] in ("done", "failed")
         time.sleep(0.1)
 
 
+def wait_done(jobs, job_id: str, timeout: float = 120) -> None:
+    """Poll an in-process JobManager until the job is done (fails the test after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while jobs.status(job_id)["state"] != "done":
+        assert time.monotonic() < deadline, f"job {job_id} not done after {timeout} s"
+        time.sleep(0.05)
+
+
 def reference_tree(spec: dict, checkpoint: Path, folder: Path) -> dict[str, bytes]:
     """What `models.augment` makes from the job's own spec and the checkpoint on disk (the CLI's path)."""
     job = augment.AugmentJob.from_dict(spec)
@@ -242,10 +250,7 @@ def test_a_job_that_cannot_run_fails_with_a_reason(served, tmp_path):
     fine = jobs.submit(small_job(served), "tiny-cgan:test")["job_id"]
     jobs.start()
     try:
-        deadline = time.monotonic() + 120
-        while jobs.status(fine)["state"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_done(jobs, fine)
     finally:
         jobs.stop()
     assert jobs.status(gone)["state"] == "failed" and "not served any more" in jobs.status(gone)["error"]
@@ -284,10 +289,7 @@ def test_jobs_give_way_to_online_requests(served, tmp_path):
         assert jobs.status(job_id)["state"] == "running"
         release.set()
         t.join()
-        deadline = time.monotonic() + 120
-        while jobs.status(job_id)["state"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_done(jobs, job_id)
     finally:
         release.set()
         jobs.stop()
@@ -305,9 +307,6 @@ def test_jobs_still_progress_when_online_traffic_never_stops(served, tmp_path):
         job_id = jobs.submit(small_job(served), "tiny-cgan:test")["job_id"]
         jobs.start()
         try:
-            deadline = time.monotonic() + 120
-            while jobs.status(job_id)["state"] != "done":
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_done(jobs, job_id)
         finally:
             jobs.stop()
