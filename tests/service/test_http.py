@@ -30,6 +30,12 @@ def batch_histogram(http) -> tuple[float, float, float]:
     return values.get("sum", 0.0), values.get("count", 0.0), values.get("bucket", 0.0)
 
 
+def route_requests(http, route: str) -> float:
+    """BentoML's HTTP request counter for one route (all status codes)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in http.get("/metrics").text.splitlines()
+               if line.startswith("bentoml_service_request_total") and f'endpoint="{route}"' in line)
+
+
 def forward_passes(http, name: str = "tiny-cgan") -> tuple[int, int]:
     m = next(m for m in http.post("/models").json()["models"] if m["name"] == name)
     return m["forward_passes"], m["images"]
@@ -97,6 +103,7 @@ def test_concurrent_requests_are_merged_into_batches(server):
         server.http.post("/generate", json={"class_name": 1, "seed": i})
     sum0, count0, ones0 = batch_histogram(server.http)
     passes0, images0 = forward_passes(server.http)
+    hops0 = route_requests(server.http, "/internal/render_batch")
     responses = fire(server.http, CONCURRENT)
     assert [r.status_code for r in responses] == [200] * CONCURRENT, [r.text[:200] for r in responses]
     sum1, count1, ones1 = batch_histogram(server.http)
@@ -106,6 +113,10 @@ def test_concurrent_requests_are_merged_into_batches(server):
     assert 1 <= count1 - count0 < CONCURRENT  # ... in fewer calls
     assert passes1 - passes0 == count1 - count0  # one forward pass per batcher call
     assert (count1 - count0) - (ones1 - ones0) >= 1  # at least one call merged several requests
+    # the items reach the batcher in process, with no HTTP round trip through the internal route
+    assert route_requests(server.http, "/internal/render_batch") == hops0
+    direct = server.http.post("/internal/render_batch", json={"items": [{"model": "tiny-cgan", "label": 1, "seed": 1}]})
+    assert direct.status_code == 200 and route_requests(server.http, "/internal/render_batch") == hops0 + 1
     # merging does not change what a seed means (up to batch-composition rounding, see test_inprocess)
     for i in (0, 17, CONCURRENT - 1):
         alone = server.http.post("/generate", json={"class_name": i % 10, "n": 1, "seed": 1000 + i})
