@@ -214,7 +214,9 @@ TASKS = {"conditional": ConditionalTask, "image-to-image": TranslationTask}
 class CollapseMonitor:
     """Mode-collapse alarm: every `collapse_check_every` steps, sample each class with the EMA generator and
     compare its diversity (mean pairwise distance in the domain classifier's feature space) with the real
-    data's; classes below `collapse_threshold` raise the alarm."""
+    data's. A class below `collapse_threshold` raises the alarm once it has been at or above the threshold at
+    an earlier check (it fell into collapse), or at any check from step `collapse_warmup` on (it never
+    became varied). Before that, low diversity is how every generator starts: it has not learned to use z."""
 
     def __init__(self, cfg: TrainConfig, task: ConditionalTask, device: torch.device, per_class: int = 64):
         from models import load
@@ -229,6 +231,14 @@ class CollapseMonitor:
         self.real_labels = data.labels[idx]
         self.labels = torch.arange(task.num_classes).repeat_interleave(per_class)
         self.seeds = (10_000_000 + torch.arange(len(self.labels))).tolist()  # fixed, apart from grid seeds
+        self.armed: set[str] = set()  # classes that have reached the threshold at some check
+
+    def collapsed(self, ratios: dict[str, float], step: int) -> dict[str, float]:
+        """The classes to alarm on at this check (name -> ratio), given `check`'s ratios."""
+        low = {n: round(v, 3) for n, v in ratios.items() if v < self.cfg.collapse_threshold}
+        alarm = {n: v for n, v in low.items() if n in self.armed or step >= self.cfg.collapse_warmup}
+        self.armed |= set(ratios) - set(low)
+        return alarm
 
     def check(self, G_ema: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
         """Diversity ratio per class name."""
@@ -363,7 +373,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             ratios = monitor.check(G_ema, grid_meta)
             for name, ratio in ratios.items():
                 writer.add_scalar(f"diversity/{name}", ratio, step)
-            collapsed = {n: round(v, 3) for n, v in ratios.items() if v < cfg.collapse_threshold}
+            collapsed = monitor.collapsed(ratios, step)
             with open(workdir / "collapse.jsonl", "a") as fh:
                 fh.write(json.dumps({"step": step, "ratios": ratios, "collapsed": collapsed}) + "\n")
             if collapsed:

@@ -47,10 +47,22 @@ def test_alarm_fires_on_a_collapsed_class_only(monitor):
     assert broken["triangle"] < 0.05 and min(v for k, v in broken.items() if k != "triangle") > 0.8, broken
 
 
+def test_alarm_waits_for_a_fall_or_the_warmup(tmp_path, monitor):
+    """Low diversity before warm-up alarms only for a class that had been varied before (a fall into collapse);
+    from step collapse_warmup on, any class below the threshold alarms."""
+    cfg = from_dict(tiny_run(tmp_path, classifier=str(monitor[0].cfg.classifier), collapse_warmup=300))
+    mon = CollapseMonitor(cfg, monitor[1], torch.device("cpu"))
+    assert mon.collapsed({"a": 0.2, "b": 0.9}, step=100) == {}  # untrained-looking a: not yet a collapse
+    assert mon.collapsed({"a": 0.6, "b": 0.3}, step=200) == {"b": 0.3}  # b fell from 0.9
+    assert mon.collapsed({"a": 0.4, "b": 0.3}, step=250) == {"a": 0.4, "b": 0.3}  # a fell from 0.6
+    late = CollapseMonitor(cfg, monitor[1], torch.device("cpu"))
+    assert late.collapsed({"a": 0.2, "b": 0.9}, step=300) == {"a": 0.2}  # never varied by the warm-up
+
+
 def test_stop_action_ends_training_and_logs_the_alarm(tmp_path, monitor):
     # threshold 10: any real run is "collapsed" by that bar, so the alarm must fire at the first check
     ckpt = train_tiny(tmp_path, steps=20, collapse_check_every=5, collapse_threshold=10.0, collapse_action="stop",
-                      classifier=str(monitor[0].cfg.classifier))
+                      collapse_warmup=0, classifier=str(monitor[0].cfg.classifier))
     _, meta = load(ckpt)
     assert meta["provenance"]["steps"] == 5 and meta["provenance"]["stopped_early"] == "mode collapse"
     log = [json.loads(line) for line in (tmp_path / "run" / "collapse.jsonl").read_text().splitlines()]
