@@ -55,9 +55,10 @@ class TrainConfig:
     collapse_check_every: int = 0  # steps between mode-collapse checks (0 = off); needs `classifier`
     collapse_threshold: float = 0.5  # alarm when a class's diversity ratio falls below this
     collapse_action: str = "warn"  # warn | stop | rollback
-    # Before this step a class alarms only after it has once reached the threshold (a fall into collapse):
+    # Before this step a class alarms only after it has once reached `collapse_arm` (a fall into collapse):
     # early on an untrained G has not learned to use z yet, and its low diversity is not a collapse.
     collapse_warmup: int = 1000
+    collapse_arm: float = 0.8  # the hysteresis: a ratio that counts as "was varied" before the warm-up
     classifier: str | None = None  # domain classifier checkpoint for the collapse check
 
 

@@ -214,9 +214,10 @@ TASKS = {"conditional": ConditionalTask, "image-to-image": TranslationTask}
 class CollapseMonitor:
     """Mode-collapse alarm: every `collapse_check_every` steps, sample each class with the EMA generator and
     compare its diversity (mean pairwise distance in the domain classifier's feature space) with the real
-    data's. A class below `collapse_threshold` raises the alarm once it has been at or above the threshold at
-    an earlier check (it fell into collapse), or at any check from step `collapse_warmup` on (it never
-    became varied). Before that, low diversity is how every generator starts: it has not learned to use z."""
+    data's. A class below `collapse_threshold` raises the alarm once it has reached `collapse_arm` at an
+    earlier check (it fell into collapse; the gap between the two levels keeps noise around the threshold
+    from alarming), or at any check from step `collapse_warmup` on (it never became varied). Before that,
+    low diversity is how every generator starts: it has not learned to use z yet."""
 
     def __init__(self, cfg: TrainConfig, task: ConditionalTask, device: torch.device, per_class: int = 64):
         from models import load
@@ -231,13 +232,13 @@ class CollapseMonitor:
         self.real_labels = data.labels[idx]
         self.labels = torch.arange(task.num_classes).repeat_interleave(per_class)
         self.seeds = (10_000_000 + torch.arange(len(self.labels))).tolist()  # fixed, apart from grid seeds
-        self.armed: set[str] = set()  # classes that have reached the threshold at some check
+        self.armed: set[str] = set()  # classes that have reached collapse_arm at some check
 
     def collapsed(self, ratios: dict[str, float], step: int) -> dict[str, float]:
         """The classes to alarm on at this check (name -> ratio), given `check`'s ratios."""
         low = {n: round(v, 3) for n, v in ratios.items() if v < self.cfg.collapse_threshold}
         alarm = {n: v for n, v in low.items() if n in self.armed or step >= self.cfg.collapse_warmup}
-        self.armed |= set(ratios) - set(low)
+        self.armed |= {n for n, v in ratios.items() if v >= self.cfg.collapse_arm}
         return alarm
 
     def check(self, G_ema: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
