@@ -59,6 +59,8 @@ class Settings:
     job_max_wait_ms: int = 1000  # GANFORGE_JOB_MAX_WAIT_MS: how long a job batch waits for online requests to
     #                              finish before it runs anyway (so busy servers still make job progress)
     job_pause_ms: int = 0  # GANFORGE_JOB_PAUSE_MS: sleep after every job batch (caps the jobs' share further)
+    job_quiet_ms: int = 50  # GANFORGE_JOB_QUIET_MS: a job batch starts only this long after the last online
+    #                         request ended (so back-to-back requests from one client are not held up)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -91,6 +93,7 @@ class Settings:
             job_chunk_size=_int(env, "GANFORGE_JOB_CHUNK_SIZE", cls.job_chunk_size, 1, 1 << 20),
             job_max_wait_ms=_int(env, "GANFORGE_JOB_MAX_WAIT_MS", cls.job_max_wait_ms, 0, 3_600_000),
             job_pause_ms=_int(env, "GANFORGE_JOB_PAUSE_MS", cls.job_pause_ms, 0, 60_000),
+            job_quiet_ms=_int(env, "GANFORGE_JOB_QUIET_MS", cls.job_quiet_ms, 0, 60_000),
         )
 
     @property
@@ -102,7 +105,7 @@ class Settings:
         """The limits and batching settings clients may rely on (reported by /models)."""
         keep = ("max_n", "batching", "max_batch_size", "max_latency_ms", "threads", "workers", "timeout_s",
                 "max_upload_bytes", "max_pixels", "max_side", "max_json_bytes", "job_max_images", "job_max_active",
-                "job_batch_size", "job_chunk_size")
+                "job_batch_size", "job_chunk_size", "job_quiet_ms")
         return {name: getattr(self, name) for name in keep}
 
 

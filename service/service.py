@@ -82,7 +82,7 @@ class Generator:
             self.served[name] = runtime.load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
             s = self.served[name]
             logger.info("serving %s (%s) on %s as %s", s.tag, s.kind, s.device, s.dtype)
-        self.gate = runtime.OnlineGate()  # online requests in flight; jobs give way to them
+        self.gate = runtime.OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way
         self.jobs = JobManager(jobs_root(SETTINGS), self.served, self.gate, max_active=SETTINGS.job_max_active,
                                batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000)
         self.jobs.start()  # resumes the jobs an earlier run left unfinished

@@ -296,6 +296,20 @@ def test_jobs_give_way_to_online_requests(served, tmp_path):
     assert served.images - images0 == 20
 
 
+def test_gate_waits_a_quiet_period_after_the_last_online_request():
+    """A job batch does not start in the few-ms gap between one client's back-to-back requests."""
+    from service.runtime import OnlineGate
+
+    gate = OnlineGate(quiet_s=0.3)
+    assert gate.wait_idle(0)  # never any traffic: idle at once
+    with gate.online():
+        assert not gate.wait_idle(0.05)  # a request in flight
+    assert not gate.wait_idle(0.05)  # just ended: still inside the quiet period
+    t = time.monotonic()
+    assert gate.wait_idle(5)
+    assert time.monotonic() - t >= 0.2  # returned only once the quiet period (0.3 s from the end) was over
+
+
 def test_jobs_still_progress_when_online_traffic_never_stops(served, tmp_path):
     """The wait is bounded (GANFORGE_JOB_MAX_WAIT_MS): a saturated server still finishes its jobs."""
     from service.jobs import JobManager
