@@ -11,7 +11,7 @@ same optimiser, augmentation (random flip + 2-pixel shift, as `ganforge train-cl
 steps, so all get the same compute; each is repeated for --seeds seeds and tested on the 10,000 real test
 images:
   real N            N real training images per class (--sizes, default 50, 200, 1000), a subset per seed
-  real N + syn 1:r  the same subset plus r*N synthetic images per class (--ratios, default 1, 4, 10)
+  real N + syn 1:r  the same subset plus r*N synthetic images per class (--ratios, default 1, 4)
   syn only M        M synthetic images per class and no real one: the Classification Accuracy Score
   real full         the whole real training set (6000 per class): the ceiling
 Synthetic images come from one npz job of `models.augment` (the engine of `ganforge augment` and the
@@ -243,15 +243,15 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion_mnist_cgan"))
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[50, 200, 1000],
                    help="real images per class, comma-separated")
-    p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=[1, 4, 10],
+    p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=[1, 4],
                    help="synthetic per real image, comma-separated (1:r)")
-    p.add_argument("--syn-only", type=lambda s: [int(x) for x in s.split(",") if x], default=[1000, 6000],
+    p.add_argument("--syn-only", type=lambda s: [int(x) for x in s.split(",") if x], default=[1000, 4000],
                    help="synthetic images per class for the synthetic-only (CAS) rows")
     p.add_argument("--no-full", action="store_true", help="skip the full real training set row")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=3000, help="optimiser steps per condition (the same for all)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps per condition (the same for all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--width", type=int, default=16)  # ~50 s per condition and seed on 2 cores
     p.add_argument("--truncation", type=float, default=None)
     p.add_argument("--syn-seed", type=int, default=10**9, help="seed of the synthetic pool's image 0")
     p.add_argument("--cache", default=str(ROOT / "runs" / "augment_benefit"), help="synthetic pool folder")
