@@ -278,13 +278,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     aug = lambda x: diff_augment(x, cfg.diffaugment)  # noqa: E731
     step, images_seen, train_seconds = 0, 0, 0.0
 
+    monitor = None
+    if cfg.collapse_check_every > 0:
+        if task.kind != "conditional":
+            raise ValueError("collapse_check_every needs a class-conditional run")
+        monitor = CollapseMonitor(cfg, task, device)
+
     state_path = workdir / STATE_NAME
 
     def snapshot() -> dict[str, Any]:
         return {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
                 "images_seen": images_seen, "seconds": train_seconds,
-                "rng": torch.get_rng_state(), "noise_rng": noise_gen.get_state()}
+                "rng": torch.get_rng_state(), "noise_rng": noise_gen.get_state(),
+                "collapse_armed": sorted(monitor.armed) if monitor is not None else []}
 
     def restore(state: dict[str, Any]) -> None:
         nonlocal step, images_seen, train_seconds
@@ -293,6 +300,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         step, images_seen, train_seconds = int(state["step"]), int(state["images_seen"]), float(state["seconds"])
         torch.set_rng_state(state["rng"])
         noise_gen.set_state(state["noise_rng"])
+        if monitor is not None:
+            monitor.armed = set(state.get("collapse_armed", ()))  # the alarm's memory is part of the run
 
     if resume:
         if not state_path.exists():
@@ -308,11 +317,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     writer = SummaryWriter(str(workdir / "tb"), purge_step=step)
     grid_meta = task.metadata(step, {})
-    monitor = None
-    if cfg.collapse_check_every > 0:
-        if task.kind != "conditional":
-            raise ValueError("collapse_check_every needs a class-conditional run")
-        monitor = CollapseMonitor(cfg, task, device)
     last_good: dict[str, Any] | None = None
     stop_reason = None
     start = time.time() - train_seconds

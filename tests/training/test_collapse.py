@@ -62,6 +62,19 @@ def test_alarm_waits_for_a_fall_or_the_warmup(tmp_path, monitor):
     assert late.collapsed({"a": 0.2, "b": 0.9}, step=300) == {"a": 0.2}  # never varied by the warm-up
 
 
+def test_resume_keeps_the_alarms_memory(tmp_path, monitor):
+    """Which classes were armed is part of the resume state: a class armed before the interruption still
+    alarms after it, as it would have in an uninterrupted run (threshold 10: every ratio is "low"; arm 0:
+    every class arms at its first check, so the alarm can only fire from the second check on)."""
+    kw = dict(collapse_check_every=2, collapse_threshold=10.0, collapse_arm=0.0, collapse_warmup=1000,
+              state_every=2, classifier=str(monitor[0].cfg.classifier))
+    train_tiny(tmp_path, steps=2, **kw)
+    train_tiny(tmp_path, resume=True, steps=4, **kw)
+    log = [json.loads(line) for line in (tmp_path / "run" / "collapse.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 4]
+    assert log[0]["collapsed"] == {} and set(log[1]["collapsed"]) == {"circle", "square", "triangle", "cross"}
+
+
 def test_stop_action_ends_training_and_logs_the_alarm(tmp_path, monitor):
     # threshold 10: any real run is "collapsed" by that bar, so the alarm must fire at the first check
     ckpt = train_tiny(tmp_path, steps=20, collapse_check_every=5, collapse_threshold=10.0, collapse_action="stop",
