@@ -227,9 +227,20 @@ def png_b64(image: np.ndarray) -> str:
     return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
-def from_png_b64(text: str) -> np.ndarray:
-    with Image.open(io.BytesIO(base64.b64decode(text)), formats=["PNG"]) as im:
-        return np.asarray(im)
+def image_shape(meta: dict[str, Any]) -> tuple[int, ...]:
+    """Shape of one uint8 image `render` returns for this model: (H, W) or (H, W, C), at the native size."""
+    r = int(meta.get("img_resolution", 32))
+    h, w = meta.get("native_size") or (r, r)
+    c = int(meta.get("img_channels", 1))
+    return (int(h), int(w)) if c == 1 else (int(h), int(w), c)
+
+
+def raw_b64(image: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def from_raw_b64(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(shape)
 
 
 def read_upload(path: Path, max_bytes: int, max_pixels: int, max_side: int) -> np.ndarray:

@@ -63,6 +63,9 @@ class RenderItem(_Strict):
     label: Annotated[int, Strict(), Field(ge=0)]
     seed: Seed
     truncation: Optional[Truncation] = None
+    encoding: Literal["png", "raw"] = Field(
+        "png", description="png: a base64 PNG (what /generate returns); raw: the base64 uint8 pixels, C order, "
+                           "at the model's native size (what /generate_image tiles, with no PNG round trip)")
 
 
 class GeneratedImage(BaseModel):

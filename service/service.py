@@ -96,8 +96,8 @@ class Generator:
     @bentoml.api
     async def generate(self, request: GenerateRequest, /) -> GenerateResponse:
         """`n` images of one class as base64 PNGs, each with its seed (image i uses seed + i)."""
-        served, label, seed, pngs = await self._generate(request)
-        h, w = runtime.from_png_b64(pngs[0]).shape[:2]
+        served, label, seed, pngs = await self._generate(request, "png")
+        h, w = runtime.image_shape(served.meta)[:2]
         return GenerateResponse(
             model=served.name, class_index=label, class_name=served.meta["class_names"][label],
             truncation=request.truncation, width=w, height=h, channels=int(served.meta.get("img_channels", 1)),
@@ -106,11 +106,12 @@ class Generator:
     @bentoml.api
     async def generate_image(self, request: GenerateImageRequest, /, ctx: bentoml.Context) -> Image.Image:
         """One PNG: the image for n = 1, else a grid (row-major, `nrow` per row). Header X-Seed: first seed."""
-        served, label, seed, pngs = await self._generate(request)
-        nrow = request.nrow or math.ceil(math.sqrt(len(pngs)))
+        served, label, seed, pixels = await self._generate(request, "raw")
+        nrow = request.nrow or math.ceil(math.sqrt(len(pixels)))
 
         def assemble() -> Image.Image:
-            images = np.stack([runtime.from_png_b64(p) for p in pngs])
+            shape = runtime.image_shape(served.meta)
+            images = np.stack([runtime.from_raw_b64(p, shape) for p in pixels])
             picture = images[0] if len(images) == 1 else grid(images, nrow)
             if request.scale > 1:
                 picture = picture.repeat(request.scale, axis=0).repeat(request.scale, axis=1)
@@ -123,9 +124,10 @@ class Generator:
     @bentoml.api(route="/internal/render_batch", batchable=SETTINGS.batching, batch_dim=0,
                  max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def render_batch(self, items: list[RenderItem]) -> list[Optional[str]]:
-        """Internal (called by /generate): one base64 PNG per item; items of one model and truncation share
-        a forward pass. An item naming an unserved model or class gets null, so one bad item sent here by
-        hand cannot fail the other requests merged into its batch."""
+        """Internal (called by /generate and /generate_image): one base64 string per item, a PNG or the raw
+        pixels as the item asks; items of one model and truncation share a forward pass. An item naming an
+        unserved model or class gets null, so one bad item sent here by hand cannot fail the other requests
+        merged into its batch."""
         out: list[Optional[str]] = [None] * len(items)
         groups: dict[tuple[str, Optional[float]], list[int]] = {}
         for i, item in enumerate(items):
@@ -136,23 +138,24 @@ class Generator:
             images = runtime.render(self.served[name], [items[i].label for i in index],
                                     [items[i].seed for i in index], truncation)
             for i, image in zip(index, images):
-                out[i] = runtime.png_b64(image)
+                out[i] = runtime.png_b64(image) if items[i].encoding == "png" else runtime.raw_b64(image)
         return out
 
-    async def _generate(self, request: GenerateRequest) -> tuple[runtime.Served, int, int, list[str]]:
+    async def _generate(self, request: GenerateRequest,
+                        encoding: str) -> tuple[runtime.Served, int, int, list[str]]:
         served = self._pick(request.model, "conditional")
         try:
             label = class_index(served.meta["class_names"], request.class_name)
         except ValueError as e:
             raise field_error("class_name", request.class_name, str(e)) from None
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        items = [RenderItem(model=served.name, label=label, seed=seed + i, truncation=request.truncation)
-                 for i in range(request.n)]
+        items = [RenderItem(model=served.name, label=label, seed=seed + i, truncation=request.truncation,
+                            encoding=encoding) for i in range(request.n)]
         with self.gate.online():
-            pngs = await self._render(items)
-        if any(p is None for p in pngs):  # cannot happen for validated items; never answer a broken image
+            encoded = await self._render(items)
+        if any(p is None for p in encoded):  # cannot happen for validated items; never answer a broken image
             raise bentoml.exceptions.InternalServerError("render_batch returned no image")
-        return served, label, seed, pngs
+        return served, label, seed, encoded
 
     async def _render(self, items: list[RenderItem]) -> list[Optional[str]]:
         """render_batch through the server's adaptive batcher, so that concurrent requests share passes.

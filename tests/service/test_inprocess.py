@@ -110,6 +110,10 @@ def test_generate_image_single_and_grid(client):
     assert np.array_equal(decode(one.content), json_one)
     grid = decode(client.post("/generate_image", json={"class_name": "dress", "n": 16, "seed": 5}).content)
     assert grid.shape == (4 * 30 + 2, 4 * 30 + 2)  # 4 x 4 tiles of 28 px with 2 px gaps
+    json_16 = images_of(client.post("/generate", json={"class_name": "dress", "n": 16, "seed": 5}))
+    for i, image in enumerate(json_16):  # the grid tiles raw pixels: the same images as the PNGs of /generate
+        top, left = 2 + 30 * (i // 4), 2 + 30 * (i % 4)
+        assert np.array_equal(grid[top : top + 28, left : left + 28], image)
     wide = decode(client.post("/generate_image", json={"class_name": "dress", "n": 6, "nrow": 3, "scale": 2}).content)
     assert wide.shape == (2 * (2 * 30 + 2), 2 * (3 * 30 + 2))
 
@@ -215,6 +219,21 @@ def test_internal_render_never_fails_the_batch(client):
     assert r.status_code == 200
     bad, good = r.json()
     assert bad is None and decode(base64.b64decode(good)).shape == (28, 28)
+    from service import runtime
+
+    raw = client.post("/internal/render_batch", json={"items": [{**items[1], "encoding": "raw"}]}).json()[0]
+    assert np.array_equal(runtime.from_raw_b64(raw, (28, 28)), decode(base64.b64decode(good)))
+    r = client.post("/internal/render_batch", json={"items": [{**items[1], "encoding": "jpeg"}]})
+    assert r.status_code == 400 and "encoding" in r.text
+
+
+def test_raw_pixels_round_trip():
+    from service import runtime
+
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert runtime.image_shape({"img_resolution": 8, "img_channels": 3, "native_size": [5, 7]}) == (5, 7, 3)
+    assert runtime.image_shape({"img_resolution": 32, "img_channels": 1}) == (32, 32)
+    assert np.array_equal(runtime.from_raw_b64(runtime.raw_b64(rgb), rgb.shape), rgb)
 
 
 # --- translation ---------------------------------------------------------------------------------------------
