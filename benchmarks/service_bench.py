@@ -6,7 +6,9 @@
 Side by side, on this machine, in one run:
   raw      `models.sampling.generate` + uint8 conversion in-process at batch 1, 16, 64
   http     `bentoml serve` on 127.0.0.1 (a temporary BENTOML_HOME holding only the checkpoint), adaptive
-           batching on and off (GANFORGE_BATCHING), n = 1 at concurrency 1/16/64 and n = 16 at concurrency 4
+           batching on and off (GANFORGE_BATCHING), n = 1 at concurrency 1/16/64 and n = 16 at concurrency 4;
+           with --compare-http-stack also batching on with uvicorn's pure-Python fallbacks (asyncio loop, h11
+           parser: uvloop and httptools hidden from the server), to measure what the two C extensions buy
 Reports images/s, p50/p99 request latency and peak RSS per server worker, and checks issue 4's targets.
 Loopback only; every pattern is bounded by a request count and a time cap.
 """
@@ -94,16 +96,35 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def workers(self) -> list:
+        import psutil
+
+        found = []
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if "_bentoml_impl.worker" in " ".join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:
+                continue
+        return found
+
+    def http_stack(self) -> str:
+        """Which event loop and HTTP parser the worker loaded (from its memory map: C extensions show there)."""
+        stacks = set()
+        for p in self.workers():
+            maps = Path(f"/proc/{p.pid}/maps").read_text()
+            stacks.add(f"{'uvloop' if 'uvloop' in maps else 'asyncio'} + {'httptools' if 'httptools' in maps else 'h11'}")
+        return ", ".join(sorted(stacks))
+
     def worker_peak_rss_mb(self) -> list[float]:
         import psutil
 
         peaks = []
-        for p in psutil.Process(self.proc.pid).children(recursive=True):
+        for p in self.workers():
             try:
-                if "_bentoml_impl.worker" in " ".join(p.cmdline()):
-                    status = Path(f"/proc/{p.pid}/status").read_text()
-                    hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
-                    peaks.append(int(hwm.split()[1]) / 1024)
+                status = Path(f"/proc/{p.pid}/status").read_text()
+                hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+                peaks.append(int(hwm.split()[1]) / 1024)
             except (psutil.Error, OSError, StopIteration):
                 continue
         return peaks
@@ -184,15 +205,14 @@ def markdown(result: dict) -> str:
     for r in result["raw"]:
         lines.append(f"| raw in-process | batch {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | |")
-    for mode in ("on", "off"):
+    for mode in result["http"]:
         for r in result["http"][mode]["patterns"]:
             lines.append(f"| HTTP, batching {mode} | n={r['n']} x {r['concurrency']} | {r['images_per_s']:.0f} | "
                          f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] or ''} |")
     lines.append("")
-    for mode in ("on", "off"):
-        h = result["http"][mode]
-        lines.append(f"- batching {mode}: peak RSS per worker {', '.join(f'{m:.0f} MB' for m in h['rss_mb'])}; "
-                     f"batcher: {h['batching']}")
+    for mode, h in result["http"].items():
+        lines.append(f"- batching {mode}: {h['http_stack']}; peak RSS per worker "
+                     f"{', '.join(f'{m:.0f} MB' for m in h['rss_mb'])}; batcher: {h['batching']}")
     lines += ["", "Targets (issue 4):"] + [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in result["targets"]]
     return "\n".join(lines) + "\n"
 
@@ -204,7 +224,7 @@ def targets(result: dict) -> list[tuple[str, bool]]:
     n16 = on[(16, 4)]["images_per_s"] / raw_best
     speedup = on[(1, 64)]["images_per_s"] / max(off[(1, 64)]["images_per_s"], 1e-9)
     p99 = on[(1, 64)]["p99_ms"]
-    rss = max(result["http"]["on"]["rss_mb"] + result["http"]["off"]["rss_mb"] or [float("nan")])
+    rss = max([m for h in result["http"].values() for m in h["rss_mb"]] or [float("nan")])
     return [(f"n=16 x 4 reaches {100 * n16:.0f}% of the best raw throughput (>= 70%)", n16 >= 0.7),
             (f"n=1 x 64 with batching is {speedup:.1f}x without (>= 3x)", speedup >= 3),
             (f"p99 at concurrency 64 with batching is {p99:.0f} ms (< 250 ms)", p99 < 250),
@@ -226,12 +246,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion_mnist_cgan"))
     p.add_argument("--name", default="bench_cgan", help="store name used inside the temporary BENTOML_HOME")
-    p.add_argument("--requests", type=int, default=512, help="requests per HTTP pattern (upper bound)")
+    p.add_argument("--requests", type=int, default=4000, help="requests per HTTP pattern (upper bound)")
     p.add_argument("--seconds", type=float, default=20.0, help="time cap per pattern")
     p.add_argument("--threads", default=os.environ.get("GANFORGE_THREADS", "2"))
     p.add_argument("--max-batch-size", default=os.environ.get("GANFORGE_MAX_BATCH_SIZE", "64"))
     p.add_argument("--results", help="update the service section of this markdown file (benchmarks/RESULTS.md)")
     p.add_argument("--json", help="also write the raw numbers here")
+    p.add_argument("--compare-http-stack", action="store_true",
+                   help="also serve with batching on and uvloop/httptools hidden (asyncio + h11)")
     args = p.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="ganforge-bench-"))
@@ -246,10 +268,19 @@ def main() -> None:
         for batch in RAW_BATCHES:
             result["raw"].append(raw_throughput(args.checkpoint, batch, args.seconds, max_iters=2000 // batch + 20))
             print("raw", result["raw"][-1], flush=True)
-        for mode in ("on", "off"):
-            env = {"GANFORGE_MODELS": args.name, "GANFORGE_BATCHING": mode, "GANFORGE_THREADS": str(args.threads),
-                   "GANFORGE_MAX_BATCH_SIZE": str(args.max_batch_size)}
-            server = Server(env, home / f"server-{mode}.log")
+        modes = {"on": {}, "off": {}}
+        if args.compare_http_stack:
+            hidden = home / "hide-fast-http"
+            hidden.mkdir()
+            for module in ("uvloop", "httptools"):  # uvicorn falls back to asyncio and h11 on ImportError
+                (hidden / f"{module}.py").write_text("raise ImportError('hidden by service_bench.py')\n")
+            path = os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))
+            modes["on (asyncio + h11)"] = {"PYTHONPATH": path}
+        for mode, extra in modes.items():
+            env = {"GANFORGE_MODELS": args.name, "GANFORGE_BATCHING": mode.split()[0],
+                   "GANFORGE_THREADS": str(args.threads), "GANFORGE_MAX_BATCH_SIZE": str(args.max_batch_size),
+                   **extra}
+            server = Server(env, home / f"server-{mode.split()[0]}-{len(extra)}.log")
             try:
                 patterns = []
                 for n, concurrency in PATTERNS:
@@ -257,7 +288,7 @@ def main() -> None:
                                                      args.name)))
                     print(f"http batching={mode}", patterns[-1], flush=True)
                 result["http"][mode] = {"patterns": patterns, "rss_mb": server.worker_peak_rss_mb(),
-                                        "batching": batch_stats(server.url)}
+                                        "batching": batch_stats(server.url), "http_stack": server.http_stack()}
             finally:
                 server.close()
         result["targets"] = targets(result)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +56,20 @@ def test_health_and_metrics(server):
     assert server.http.get("/livez").status_code == 200
     r = server.http.get("/metrics")
     assert r.status_code == 200 and "bentoml_service_request_total" in r.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the worker's /proc/PID/maps")
+def test_server_worker_runs_uvloop_and_httptools(server):
+    """uvicorn picks uvloop and httptools when they import (project dependencies); without them it falls back
+    to asyncio and the pure-Python h11 parser, which cost throughput under concurrency (RESULTS.md)."""
+    import psutil
+
+    workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+               if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+    assert workers
+    for worker in workers:
+        maps = Path(f"/proc/{worker.pid}/maps").read_text()
+        assert "uvloop" in maps and "httptools" in maps
 
 
 def test_generate_over_http_matches_direct_sampling(server, checkpoints):

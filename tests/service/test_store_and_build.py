@@ -86,7 +86,7 @@ def test_bentoml_build_packs_service_models_requirements_and_dockerfile(store):
             "apis/openapi.yaml", "bento.yaml"} <= files
     assert not any(f.startswith(("src/training", "src/tests", "src/checkpoints", "src/runs")) for f in files)
     requirements = open(bento.path_of("env/python/requirements.txt")).read()
-    for package in ("torch==", "bentoml==", "safetensors", "pillow", "pydantic", "numpy"):
+    for package in ("torch==", "bentoml==", "safetensors", "pillow", "pydantic", "numpy", "uvloop==", "httptools=="):
         assert package in requirements, requirements
     assert "torchvision" not in requirements and "tensorboard" not in requirements
     packed = {str(m.tag) for m in bento.info.all_models}
