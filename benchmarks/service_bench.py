@@ -212,7 +212,7 @@ def markdown(result: dict) -> str:
     lines.append("")
     for mode, h in result["http"].items():
         lines.append(f"- batching {mode}: {h['http_stack']}; peak RSS per worker "
-                     f"{', '.join(f'{m:.0f} MB' for m in h['rss_mb'])}; batcher: {h['batching']}")
+                     f"{', '.join(f'{m:.0f} MB' for m in h['rss_mb'])}; batcher, over all patterns: {h['batching']}")
     lines += ["", "Targets (issue 4):"] + [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in result["targets"]]
     return "\n".join(lines) + "\n"
 
