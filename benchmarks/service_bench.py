@@ -113,7 +113,8 @@ class Server:
         stacks = set()
         for p in self.workers():
             maps = Path(f"/proc/{p.pid}/maps").read_text()
-            stacks.add(f"{'uvloop' if 'uvloop' in maps else 'asyncio'} + {'httptools' if 'httptools' in maps else 'h11'}")
+            loop = "uvloop" if "uvloop" in maps else "asyncio"
+            stacks.add(f"{loop} + {'httptools' if 'httptools' in maps else 'h11'}")
         return ", ".join(sorted(stacks))
 
     def worker_peak_rss_mb(self) -> list[float]:
