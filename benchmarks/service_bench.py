@@ -269,19 +269,19 @@ def main() -> None:
         for batch in RAW_BATCHES:
             result["raw"].append(raw_throughput(args.checkpoint, batch, args.seconds, max_iters=2000 // batch + 20))
             print("raw", result["raw"][-1], flush=True)
-        modes = {"on": {}, "off": {}}
+        modes = {"on": ("on", {}), "off": ("off", {})}  # label -> (GANFORGE_BATCHING, extra environment)
         if args.compare_http_stack:
             hidden = home / "hide-fast-http"
             hidden.mkdir()
             for module in ("uvloop", "httptools"):  # uvicorn falls back to asyncio and h11 on ImportError
                 (hidden / f"{module}.py").write_text("raise ImportError('hidden by service_bench.py')\n")
             path = os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))
-            modes["on (asyncio + h11)"] = {"PYTHONPATH": path}
-        for mode, extra in modes.items():
-            env = {"GANFORGE_MODELS": args.name, "GANFORGE_BATCHING": mode.split()[0],
+            modes["on (asyncio + h11)"] = ("on", {"PYTHONPATH": path})
+        for i, (mode, (batching, extra)) in enumerate(modes.items()):
+            env = {"GANFORGE_MODELS": args.name, "GANFORGE_BATCHING": batching,
                    "GANFORGE_THREADS": str(args.threads), "GANFORGE_MAX_BATCH_SIZE": str(args.max_batch_size),
                    **extra}
-            server = Server(env, home / f"server-{mode.split()[0]}-{len(extra)}.log")
+            server = Server(env, home / f"server-{i}-{batching}.log")
             try:
                 patterns = []
                 for n, concurrency in PATTERNS:
