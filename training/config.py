@@ -41,6 +41,7 @@ class TrainConfig:
     d_steps: int = 1  # discriminator steps per generator step
     lr_g: float = 1e-4
     lr_d: float = 4e-4
+    lr_decay_steps: int = 0  # decay both learning rates linearly to 0 over the last N steps (pix2pix: steps/2)
     betas: tuple[float, float] = (0.0, 0.9)
     ema_decay: float = 0.999  # generator EMA; effective decay ramps up as min(decay, (1+t)/(10+t))
     seed: int = 0

@@ -83,6 +83,14 @@ def recalibrate_batchnorm(generator: nn.Module, inputs: Any, batches: int = 32) 
     generator.eval()
 
 
+def lr_scale(step: int, steps: int, decay_steps: int) -> float:
+    """Learning-rate factor at `step`: 1, then linearly down to 0 over the last `decay_steps` steps (pix2pix's
+    schedule). A function of the step alone, so a resumed run follows the same schedule."""
+    if decay_steps <= 0:
+        return 1.0
+    return min(1.0, (steps - step) / decay_steps)
+
+
 def grad_norm(module: nn.Module) -> float:
     """L2 norm of all parameter gradients of `module`."""
     norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
@@ -327,6 +335,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if budget is not None and time.time() - start >= budget:
             stop_reason = "time budget"
             break
+        scale = lr_scale(step, cfg.steps, cfg.lr_decay_steps)
+        for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
         # --- discriminator step(s) ---
         for k in range(cfg.d_steps if adversarial else 0):
             cond, real = task.batch(sampler.indices(step * cfg.d_steps + k))
@@ -366,7 +378,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             ips = images_seen / max(train_seconds, 1e-9)
             scalars = {"loss/d": loss_d.item(), "loss/g": loss_adv.item(), "loss/g_extra": loss_extra.item(),
                        "loss/penalty": penalty.item(), "grad_norm/g": g_grad, "logits/real": r.mean().item(),
-                       "logits/fake": f.mean().item(), "speed/images_per_s": ips}
+                       "logits/fake": f.mean().item(), "speed/images_per_s": ips, "lr/g": opt_g.param_groups[0]["lr"]}
             for key, value in scalars.items():
                 writer.add_scalar(key, value, step)
             bar.set_postfix(d=f"{loss_d.item():.3f}", g=f"{loss_adv.item():.3f}", extra=f"{loss_extra.item():.3f}",

@@ -6,6 +6,7 @@ import torch
 from models import load
 from tests.training.helpers import shapes_classifier, train_tiny
 from training.evaluate import embed
+from training.loop import lr_scale
 from training.sample import sample_arrays
 
 
@@ -44,15 +45,23 @@ def test_run_folder_holds_config_grids_state_and_tensorboard(trained):
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
-    straight = train_tiny(tmp_path / "a", steps=6, state_every=3, batch_size=8, diffaugment="translation")
-    # "interrupted" after 3 steps (the last resume state), then continued with --resume
-    train_tiny(tmp_path / "b", steps=3, state_every=3, batch_size=8, diffaugment="translation")
-    resumed = train_tiny(tmp_path / "b", resume=True, steps=6, state_every=3, batch_size=8,
-                         diffaugment="translation")
+    # on the CPU: CUDA's embedding backward accumulates with atomics, so two CUDA runs differ in the last bits
+    # whether or not they were interrupted
+    run = {"state_every": 3, "batch_size": 8, "diffaugment": "translation", "lr_decay_steps": 4, "device": "cpu"}
+    straight = train_tiny(tmp_path / "a", steps=6, **run)
+    # "interrupted" after 3 steps (the last resume state), then continued with --resume; the learning-rate
+    # decay (steps 2..5) spans the interruption and must follow the same schedule
+    train_tiny(tmp_path / "b", steps=3, **{**run, "lr_decay_steps": 1})  # same lr for steps 0..2 as `straight`
+    resumed = train_tiny(tmp_path / "b", resume=True, steps=6, **run)
     a, _ = load(straight)
     b, _ = load(resumed)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_lr_decay_is_linear_to_zero_over_the_last_steps():
+    assert [lr_scale(s, 10, 4) for s in range(10)] == [1, 1, 1, 1, 1, 1, 1.0, 0.75, 0.5, 0.25]
+    assert lr_scale(9, 10, 0) == 1.0  # off
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):
