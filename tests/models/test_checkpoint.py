@@ -25,6 +25,10 @@ def test_round_trip_identical_outputs(tmp_path, name, as_folder):
     loaded, meta = load(path)
     assert type(loaded) is type(module) and loaded.config == module.config
     assert meta["architecture"] == name and meta["class_names"] == ["a", "b", "c"]
+    for (key, want), got in zip(module.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(want, got), key
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in loaded.parameters() if p.dim() == 4)
+    module.to(memory_format=torch.channels_last)  # the layout `load` gives on the CPU: then outputs are identical
     torch.manual_seed(1)
     a = run(module, TINY[name])
     torch.manual_seed(1)
