@@ -50,6 +50,16 @@ def test_direct_call_is_the_cli_sampling_path(store, checkpoints):
     assert np.array_equal(got, cli)  # same batch of 4 as the CLI: bit-exact
 
 
+def test_worker_start_up_heap_is_frozen_out_of_the_gc(store):
+    import gc
+
+    from service.service import GC_THRESHOLDS, Generator
+
+    gc.unfreeze()
+    Generator()
+    assert gc.get_freeze_count() > 10_000 and gc.get_threshold() == GC_THRESHOLDS  # torch alone is more
+
+
 # --- HTTP semantics in-process -----------------------------------------------------------------------------
 
 def test_generate_happy_path(client, checkpoints):
