@@ -8,7 +8,11 @@ Side by side, on this machine, in one run:
   http     `bentoml serve` on 127.0.0.1 (a temporary BENTOML_HOME holding only the checkpoint), adaptive
            batching on and off (GANFORGE_BATCHING), n = 1 at concurrency 1/16/64 and n = 16 at concurrency 4;
            with --compare-http-stack also batching on with uvicorn's pure-Python fallbacks (asyncio loop, h11
-           parser: uvloop and httptools hidden from the server), to measure what the two C extensions buy
+           parser: uvloop and httptools hidden from the server), to measure what the two C extensions buy;
+           with --compare-gc also batching on with Python's default garbage collector (the service's
+           `gc.freeze()` and thresholds made no-ops by a `sitecustomize` on the server's PYTHONPATH); with
+           --compare-layout also the raw rows with the weights in the contiguous (NCHW) layout instead of
+           the channels-last one `models.load` gives on the CPU
 Reports images/s, p50/p99 request latency and peak RSS per server worker, and checks issue 4's targets.
 Loopback only; every pattern is bounded by a request count and a time cap.
 """
@@ -42,14 +46,16 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def raw_throughput(checkpoint: str, batch: int, seconds: float, max_iters: int) -> dict:
+def raw_throughput(checkpoint: str, batch: int, seconds: float, max_iters: int, layout: str = "channels-last") -> dict:
     """In-process generate + to_uint8 at a fixed batch size (the service's ceiling, without PNG or HTTP)."""
     import torch
 
     import models
     from models.sampling import generate, to_uint8
 
-    G, meta = models.load(checkpoint, "cpu")
+    G, meta = models.load(checkpoint, "cpu")  # channels-last, as the service loads it
+    if layout == "NCHW":
+        G = G.to(memory_format=torch.contiguous_format)
     labels = [i % G.num_classes for i in range(batch)]
     for _ in range(3):  # warm-up
         to_uint8(generate(G, labels, list(range(batch))), meta)
@@ -62,7 +68,7 @@ def raw_throughput(checkpoint: str, batch: int, seconds: float, max_iters: int) 
     total = sum(times)
     return {"batch": batch, "iters": len(times), "images_per_s": batch * len(times) / total,
             "p50_ms": 1000 * percentile(times, 50), "p99_ms": 1000 * percentile(times, 99),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "layout": layout}
 
 
 class Server:
@@ -204,7 +210,8 @@ def markdown(result: dict) -> str:
              f"max_batch_size {result['max_batch_size']}.", "",
              "| path | batch / n x concurrency | images/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     for r in result["raw"]:
-        lines.append(f"| raw in-process | batch {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | "
+        layout = "" if r.get("layout", "channels-last") == "channels-last" else f" ({r['layout']} layout)"
+        lines.append(f"| raw in-process{layout} | batch {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | |")
     for mode in result["http"]:
         for r in result["http"][mode]["patterns"]:
@@ -219,7 +226,7 @@ def markdown(result: dict) -> str:
 
 
 def targets(result: dict) -> list[tuple[str, bool]]:
-    raw_best = max(r["images_per_s"] for r in result["raw"])
+    raw_best = max(r["images_per_s"] for r in result["raw"] if r.get("layout", "channels-last") == "channels-last")
     on = {(r["n"], r["concurrency"]): r for r in result["http"]["on"]["patterns"]}
     off = {(r["n"], r["concurrency"]): r for r in result["http"]["off"]["patterns"]}
     n16 = on[(16, 4)]["images_per_s"] / raw_best
@@ -255,6 +262,10 @@ def main() -> None:
     p.add_argument("--json", help="also write the raw numbers here")
     p.add_argument("--compare-http-stack", action="store_true",
                    help="also serve with batching on and uvloop/httptools hidden (asyncio + h11)")
+    p.add_argument("--compare-gc", action="store_true",
+                   help="also serve with batching on and Python's default garbage collector settings")
+    p.add_argument("--compare-layout", action="store_true",
+                   help="also measure raw throughput with the weights in the contiguous (NCHW) layout")
     args = p.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="ganforge-bench-"))
@@ -267,8 +278,10 @@ def main() -> None:
                         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "threads": args.threads,
                         "max_batch_size": args.max_batch_size, "raw": [], "http": {}}
         for batch in RAW_BATCHES:
-            result["raw"].append(raw_throughput(args.checkpoint, batch, args.seconds, max_iters=2000 // batch + 20))
-            print("raw", result["raw"][-1], flush=True)
+            for layout in ("channels-last", "NCHW") if args.compare_layout else ("channels-last",):
+                result["raw"].append(raw_throughput(args.checkpoint, batch, args.seconds,
+                                                    max_iters=2000 // batch + 20, layout=layout))
+                print("raw", result["raw"][-1], flush=True)
         modes = {"on": ("on", {}), "off": ("off", {})}  # label -> (GANFORGE_BATCHING, extra environment)
         if args.compare_http_stack:
             hidden = home / "hide-fast-http"
@@ -277,6 +290,14 @@ def main() -> None:
                 (hidden / f"{module}.py").write_text("raise ImportError('hidden by service_bench.py')\n")
             path = os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))
             modes["on (asyncio + h11)"] = ("on", {"PYTHONPATH": path})
+        if args.compare_gc:
+            default_gc = home / "default-gc"
+            default_gc.mkdir()
+            (default_gc / "sitecustomize.py").write_text(
+                "import gc  # service_bench.py: keep Python's default GC (the service's tuning is a no-op)\n"
+                "gc.freeze = lambda: None\ngc.set_threshold = lambda *a: None\n")
+            path = os.pathsep.join(filter(None, [str(default_gc), os.environ.get("PYTHONPATH")]))
+            modes["on (default GC)"] = ("on", {"PYTHONPATH": path})
         for i, (mode, (batching, extra)) in enumerate(modes.items()):
             env = {"GANFORGE_MODELS": args.name, "GANFORGE_BATCHING": batching,
                    "GANFORGE_THREADS": str(args.threads), "GANFORGE_MAX_BATCH_SIZE": str(args.max_batch_size),
