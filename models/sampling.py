@@ -102,6 +102,15 @@ def to_uint8(images: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
     return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
+def image_shape(meta: dict[str, Any]) -> tuple[int, ...]:
+    """Shape of one image `to_uint8` gives for a generator's output: (H, W) or (H, W, C), at the data's native
+    size (`native_size`, else the model resolution)."""
+    r = int(meta.get("img_resolution", 32))
+    h, w = meta.get("native_size") or (r, r)
+    c = int(meta.get("img_channels", 1))
+    return (int(h), int(w)) if c == 1 else (int(h), int(w), c)
+
+
 def from_uint8(images: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
     """Inverse of `to_uint8` without the crop: uint8 (N, H, W[, C]) -> normalised float (N, C, H, W)."""
     norm = meta.get("normalization", {"mean": 0.5, "std": 0.5})

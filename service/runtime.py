@@ -227,14 +227,6 @@ def png_b64(image: np.ndarray) -> str:
     return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
-def image_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    """Shape of one uint8 image `render` returns for this model: (H, W) or (H, W, C), at the native size."""
-    r = int(meta.get("img_resolution", 32))
-    h, w = meta.get("native_size") or (r, r)
-    c = int(meta.get("img_channels", 1))
-    return (int(h), int(w)) if c == 1 else (int(h), int(w), c)
-
-
 def raw_b64(image: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).decode("ascii")
 

@@ -32,7 +32,7 @@ from pydantic import Strict
 from starlette.concurrency import run_in_threadpool
 
 from models.augment import AugmentJob, resolve_counts
-from models.sampling import MAX_SEED, class_index, grid
+from models.sampling import MAX_SEED, class_index, grid, image_shape
 
 from . import runtime
 from .config import SETTINGS, jobs_root
@@ -107,7 +107,7 @@ class Generator:
     async def generate(self, request: GenerateRequest, /) -> GenerateResponse:
         """`n` images of one class as base64 PNGs, each with its seed (image i uses seed + i)."""
         served, label, seed, pngs = await self._generate(request, "png")
-        h, w = runtime.image_shape(served.meta)[:2]
+        h, w = image_shape(served.meta)[:2]
         return GenerateResponse(
             model=served.name, class_index=label, class_name=served.meta["class_names"][label],
             truncation=request.truncation, width=w, height=h, channels=int(served.meta.get("img_channels", 1)),
@@ -120,7 +120,7 @@ class Generator:
         nrow = request.nrow or math.ceil(math.sqrt(len(pixels)))
 
         def assemble() -> Image.Image:
-            shape = runtime.image_shape(served.meta)
+            shape = image_shape(served.meta)
             images = np.stack([runtime.from_raw_b64(p, shape) for p in pixels])
             picture = images[0] if len(images) == 1 else grid(images, nrow)
             if request.scale > 1:

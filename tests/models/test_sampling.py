@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import build
-from models.sampling import class_index, from_uint8, generate, grid, noise, to_uint8
+from models.sampling import class_index, from_uint8, generate, grid, image_shape, noise, to_uint8
 
 FMNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -52,6 +52,13 @@ def test_to_uint8_crops_padding_back_to_native_size():
     assert out.shape == (2, 28, 28) and out.dtype == np.uint8 and (out == 255).all()
     rgb = to_uint8(torch.zeros(1, 3, 8, 8), {})
     assert rgb.shape == (1, 8, 8, 3) and (rgb == 128).all()
+
+
+@pytest.mark.parametrize("meta", [{"img_resolution": 32, "img_channels": 1, "native_size": [28, 28]},
+                                  {"img_resolution": 16, "img_channels": 3}])
+def test_image_shape_is_what_to_uint8_gives(meta):
+    r, c = meta["img_resolution"], meta["img_channels"]
+    assert to_uint8(torch.zeros(2, c, r, r), meta)[0].shape == image_shape(meta)
 
 
 def test_from_uint8_inverts_to_uint8():

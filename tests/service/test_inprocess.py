@@ -241,8 +241,8 @@ def test_raw_pixels_round_trip():
     from service import runtime
 
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    assert runtime.image_shape({"img_resolution": 8, "img_channels": 3, "native_size": [5, 7]}) == (5, 7, 3)
-    assert runtime.image_shape({"img_resolution": 32, "img_channels": 1}) == (32, 32)
+    assert models.sampling.image_shape({"img_resolution": 8, "img_channels": 3, "native_size": [5, 7]}) == (5, 7, 3)
+    assert models.sampling.image_shape({"img_resolution": 32, "img_channels": 1}) == (32, 32)
     assert np.array_equal(runtime.from_raw_b64(runtime.raw_b64(rgb), rgb.shape), rgb)
 
 
