@@ -162,12 +162,12 @@ class Generator:
         items = [RenderItem(model=served.name, label=label, seed=seed + i, truncation=request.truncation,
                             encoding=encoding) for i in range(request.n)]
         with self.gate.online():
-            encoded = await self._render(items)
+            encoded = await self._render(items, alone=self.gate.active == 1)
         if any(p is None for p in encoded):  # cannot happen for validated items; never answer a broken image
             raise bentoml.exceptions.InternalServerError("render_batch returned no image")
         return served, label, seed, encoded
 
-    async def _render(self, items: list[RenderItem]) -> list[Optional[str]]:
+    async def _render(self, items: list[RenderItem], alone: bool = False) -> list[Optional[str]]:
         """render_batch through the server's adaptive batcher, so that concurrent requests share passes.
 
         In a server, the items go straight to the batcher BentoML built for the render_batch route (its
@@ -176,13 +176,14 @@ class Generator:
         `self.to_async` costs (serialise, ASGI, middleware, validate, serialise back: several ms of
         event-loop time per request, which kept the batcher from seeing more than ~2 requests per pass).
         If a BentoML version lays its app out differently, the self-client is the fallback; called
-        directly (no server), the class renders in the caller's thread."""
+        directly (no server), the class renders in the caller's thread. `alone`: no other online request is
+        in flight, so the batcher should not hold this one for company (see `_batch_infer`)."""
         if not hasattr(self, "_dispatch"):
             self._dispatch = _route_batcher(getattr(self, "to_async", None), "render_batch")
             if self._dispatch is None and SETTINGS.batching and hasattr(self, "to_async"):
                 logger.warning("render_batch's batcher not found in the app; requests take the self-client")
         if self._dispatch is not None:
-            return await self._dispatch(items)
+            return await self._dispatch(items, alone)
         client = self._batch_client()
         return self.render_batch(items) if client is None else await client.render_batch(items)
 
@@ -312,7 +313,16 @@ def _route_batcher(client, name: str):
     return None
 
 
-async def _batch_infer(factory, name: str, items: list[RenderItem]) -> list[Optional[str]]:
+async def _batch_infer(factory, name: str, items: list[RenderItem], alone: bool = False) -> list[Optional[str]]:
+    """Hand `items` to the route's batcher. BentoML's `CorkDispatcher` holds a request until its wait reaches
+    its optimizer's `wait` (the mean first-request wait of recent batches, refreshed every 5 s), hoping for
+    company. After a burst that is tens of ms, and the stats of the held requests keep it there: a client
+    sending one request at a time waited 30 ms instead of 8 (benchmarks/RESULTS.md). A request that is
+    alone gets no company, so it clears the learned wait and is dispatched at once."""
+    if alone:
+        optimizer = getattr(factory.dispatchers.get(name), "optimizer", None)
+        if optimizer is not None and getattr(optimizer, "wait", 0) > 0:
+            optimizer.wait = 0
     return await factory.batch_infer(name, (items,), {})
 
 
