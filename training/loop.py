@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build, save
-from models.checkpoint import atomic_write
+from models.checkpoint import atomic_write, to_device
 from models.sampling import generate, grid, pick_device, to_uint8
 
 from .config import TrainConfig, to_dict, write_config
@@ -273,10 +273,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     task = TASKS["image-to-image" if cfg.data.paired else "conditional"](cfg, device)
     g_common, d_common = task.arch_defaults()
     g_cfg, d_cfg = dict(cfg.generator), dict(cfg.discriminator)
-    G = build(g_cfg.pop("architecture"), {**g_cfg, **g_common}).to(device).train()
-    D = build(d_cfg.pop("architecture"), {**d_cfg, **d_common}).to(device).train()
-    if device.type == "cpu":  # oneDNN's fast layout: +21 % images/s for the bundled cGAN (benchmarks/RESULTS.md)
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    G = to_device(build(g_cfg.pop("architecture"), {**g_cfg, **g_common}), device).train()
+    D = to_device(build(d_cfg.pop("architecture"), {**d_cfg, **d_common}), device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
