@@ -42,7 +42,20 @@ def side_by_side(gan: str, l1: str, per_class: int = 2, scale: int = 3) -> np.nd
     return picture.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def markdown(gan: dict, l1: dict, command: str, grid_path: str, seconds: float) -> str:
+def recipe(checkpoint: str) -> str:
+    """The generator's loss as trained, from the checkpoint's provenance: 'GAN + 100·L1 + 10·FM'."""
+    from models.checkpoint import read_metadata
+
+    cfg = read_metadata(checkpoint)["provenance"]["config"]
+    terms = [f"{cfg['l1_weight']:g}·L1"]
+    if cfg.get("adversarial_weight", 1.0) > 0:
+        terms.insert(0, "GAN")
+    if cfg.get("feature_matching", 0) > 0:
+        terms.append(f"{cfg['feature_matching']:g}·feature matching")
+    return " + ".join(terms)
+
+
+def markdown(gan: dict, l1: dict, command: str, grid_path: str, seconds: float, gan_recipe: str) -> str:
     def row(name: str, report: dict, prefix: str = "") -> str:
         cells = []
         for key, _, fmt in METRICS:
@@ -57,7 +70,7 @@ def markdown(gan: dict, l1: dict, command: str, grid_path: str, seconds: float) 
              f"test images (edges → garment); domain-feature FID floor (real vs real) {gan['fid_floor']:.3f}; "
              f"the classifier's accuracy on the real targets {gan['classifier_accuracy_on_targets']:.3f}. "
              f"Took {seconds:.0f} s.", "", header,
-             row("input (edge map)", gan, "input_"), row("L1-only U-Net", l1), row("pix2pix (GAN + 100·L1)", gan), ""]
+             row("input (edge map)", gan, "input_"), row("L1-only U-Net", l1), row(f"pix2pix ({gan_recipe})", gan), ""]
     fid_ratio = gan["fid"] / l1["fid"]
     dpsnr = gan["psnr"] - l1["psnr"]
     checks = [(f"FID of pix2pix is {fid_ratio:.2f}× the L1-only model's (well below: ≤ 0.5×)", fid_ratio <= 0.5),
@@ -87,7 +100,7 @@ def main() -> None:
     l1 = evaluate(args.l1, device=args.device)
     save_png(Path(args.grid), side_by_side(args.gan, args.l1))
     command = "python benchmarks/pix2pix_compare.py " + " ".join(sys.argv[1:])
-    text = markdown(gan, l1, command.strip(), args.grid, time.time() - start)
+    text = markdown(gan, l1, command.strip(), args.grid, time.time() - start, recipe(args.gan))
     print(text)
     if args.results:
         sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -120,3 +120,12 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([source, x], dim=1))
+
+    def features(self, x: torch.Tensor, source: torch.Tensor) -> list[torch.Tensor]:
+        """The activation after each LeakyReLU, then the patch logits (last): for feature matching."""
+        h, out = torch.cat([source, x], dim=1), []
+        for layer in self.net:
+            h = layer(h)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(h)
+        return out + [h]

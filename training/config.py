@@ -31,6 +31,7 @@ class TrainConfig:
     loss: str = "hinge"  # minimax | non-saturating | hinge | wasserstein | least-squares
     adversarial_weight: float = 1.0  # image-to-image: 0 trains the generator on L1 alone (no D)
     l1_weight: float = 100.0  # image-to-image: lambda of the L1 term (pix2pix)
+    feature_matching: float = 0.0  # image-to-image: weight of D-feature matching on G (pix2pixHD: 10; 0 = off)
     r1_gamma: float = 0.0  # R1 penalty weight on real data (0 = off)
     gp_lambda: float = 0.0  # WGAN-GP weight (0 = off)
     mode_seeking: float = 0.0  # class-conditional: weight of the MSGAN mode-seeking term on G (0 = off)

@@ -27,7 +27,7 @@ from models.sampling import generate, grid, pick_device, to_uint8
 from .config import TrainConfig, to_dict, write_config
 from .data import NORMALIZATION, geometry, load_dataset
 from .diffaugment import diff_augment
-from .losses import get_loss
+from .losses import feature_matching, get_loss
 from .regularizers import gradient_penalty, mode_seeking_loss, r1_penalty
 from .sample import save_png
 
@@ -276,6 +276,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     G = to_device(build(g_cfg.pop("architecture"), {**g_cfg, **g_common}), device).train()
     D = to_device(build(d_cfg.pop("architecture"), {**d_cfg, **d_common}), device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    if cfg.feature_matching > 0 and not (hasattr(D, "features") and cfg.adversarial_weight > 0):
+        raise ValueError(f"feature_matching needs a discriminator with features() (PatchDiscriminator) and "
+                         f"adversarial_weight > 0; got {type(D).__name__}, adversarial_weight "
+                         f"{cfg.adversarial_weight}")
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     d_loss_fn, g_loss_fn = get_loss(cfg.loss)
@@ -361,8 +365,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         cond, real = task.batch(sampler.indices(step * cfg.d_steps))
         with amp:
             fake, z = task.fake(G, cond, noise_gen)
-            loss_adv = g_loss_fn(D(aug(fake), cond).float()) if adversarial else torch.zeros((), device=device)
-            loss_extra = task.g_extra(fake, real, cond, z)
+            loss_fm = torch.zeros((), device=device)
+            if not adversarial:
+                loss_adv = torch.zeros((), device=device)
+            elif cfg.feature_matching > 0:  # one pass through D gives both the logits and the features
+                feats = D.features(aug(fake), cond)
+                with torch.no_grad():
+                    real_feats = D.features(aug(real), cond)
+                loss_adv = g_loss_fn(feats[-1].float())
+                loss_fm = cfg.feature_matching * feature_matching(feats[:-1], real_feats[:-1])
+            else:
+                loss_adv = g_loss_fn(D(aug(fake), cond).float())
+            loss_extra = task.g_extra(fake, real, cond, z) + loss_fm
             loss_g = cfg.adversarial_weight * loss_adv + loss_extra
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -377,6 +391,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if step % cfg.log_every == 0 or step == cfg.steps:
             ips = images_seen / max(train_seconds, 1e-9)
             scalars = {"loss/d": loss_d.item(), "loss/g": loss_adv.item(), "loss/g_extra": loss_extra.item(),
+                       "loss/feature_matching": loss_fm.item(),
                        "loss/penalty": penalty.item(), "grad_norm/g": g_grad, "logits/real": r.mean().item(),
                        "logits/fake": f.mean().item(), "speed/images_per_s": ips, "lr/g": opt_g.param_groups[0]["lr"]}
             for key, value in scalars.items():

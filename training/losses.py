@@ -57,6 +57,13 @@ def g_least_squares(f: Tensor) -> Tensor:
     return 0.5 * ((f - 1) ** 2).mean()
 
 
+def feature_matching(fake_feats: list[Tensor], real_feats: list[Tensor]) -> Tensor:
+    """sum over D's layers of E|D_l(fake) - D_l(real)|, the real side detached (pix2pixHD, Wang et al. 2018;
+    it weighs the layers of its 3-layer PatchGAN equally). The pairs share a source, so this pulls the output
+    towards its own target in D's feature space rather than towards any realistic image."""
+    return sum(F.l1_loss(f.float(), r.detach().float()) for f, r in zip(fake_feats, real_feats, strict=True))
+
+
 # name -> (discriminator loss, generator loss)
 LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
     "minimax": (d_minimax, g_minimax),

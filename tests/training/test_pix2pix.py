@@ -147,3 +147,41 @@ def test_l1_only_baseline_trains_without_a_discriminator(tmp_path):
     ckpt = train(from_dict(tiny_run(tmp_path, steps=2, adversarial_weight=0.0, **PIX2PIX_RUN)))
     _, meta = load(ckpt)
     assert meta["provenance"]["config"]["adversarial_weight"] == 0.0
+
+
+def test_patchgan_features_end_with_its_logits():
+    d = build("PatchDiscriminator", {"in_channels": 1, "out_channels": 3, "base_channels": 4, "n_layers": 2})
+    x, source = torch.randn(2, 3, 16, 16), torch.randn(2, 1, 16, 16)
+    feats = d.features(x, source)
+    assert len(feats) == 2 + 1 + 1  # one LeakyReLU per conv but the last, then the logits
+    assert torch.equal(feats[-1], d(x, source))
+    assert [f.shape[1] for f in feats[:-1]] == [4, 8, 16]
+
+
+def test_feature_matching_pulls_only_the_fake_side():
+    from training.losses import feature_matching
+
+    real = [torch.randn(2, 4, 8, 8, requires_grad=True), torch.randn(2, 8, 4, 4, requires_grad=True)]
+    assert feature_matching([r.detach() for r in real], real).item() == 0
+    fake = [(r + 0.5).detach().requires_grad_() for r in real]
+    loss = feature_matching(fake, real)
+    assert loss.item() == pytest.approx(1.0)  # 0.5 per layer, summed over two layers
+    loss.backward()
+    assert all(f.grad is not None for f in fake) and all(r.grad is None for r in real)
+
+
+def test_training_with_feature_matching_logs_it(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(from_dict(tiny_run(tmp_path, steps=4, log_every=2, feature_matching=10.0, **PIX2PIX_RUN)))
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    assert all(e.value > 0 for e in events.Scalars("loss/feature_matching"))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({**PIX2PIX_RUN, "adversarial_weight": 0.0}, "adversarial_weight"),
+    ({}, "ProjectionDiscriminator"),  # the class-conditional D has no features()
+])
+def test_feature_matching_refuses_runs_it_cannot_serve(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        train(from_dict(tiny_run(tmp_path, steps=1, feature_matching=10.0, **overrides)))
