@@ -210,7 +210,8 @@ def latency(args: argparse.Namespace) -> dict:
                     print("while job runs", result["busy"][-1], flush=True)
                 s = status()
                 result["job_state_after"] = s["state"]
-                result["job_images_per_s_under_load"] = (s["done"] - done0) / (time.perf_counter() - t0)
+                result["job_images_under_load"], result["load_seconds"] = s["done"] - done0, time.perf_counter() - t0
+                result["job_images_per_s_under_load"] = result["job_images_under_load"] / result["load_seconds"]
                 t1, done1 = time.perf_counter(), s["done"]  # the job alone, for comparison
                 time.sleep(min(args.seconds, 10))
                 s = status()
@@ -233,7 +234,12 @@ def latency_markdown(result: dict) -> str:
         lines.append(f"| n={a['n']} x {a['concurrency']} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} | "
                      f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {a['images_per_s']:.0f} / {b['images_per_s']:.0f} |")
     alone = result.get("job_images_per_s_alone")
-    lines += ["", f"Job progress under that load: {result['job_images_per_s_under_load']:.0f} images/s; "
+    from service.config import Settings
+
+    chunk = Settings().job_chunk_size  # the job's progress counter moves in whole chunks
+    lines += ["", f"Job progress under that load: {result['job_images_under_load']} images in "
+                  f"{result['load_seconds']:.0f} s ({result['job_images_per_s_under_load']:.0f} images/s; progress "
+                  f"is counted in finished {chunk}-image chunks, so a job that has not finished one shows 0); "
                   f"alone: {f'{alone:.0f} images/s' if alone else 'finished before it could be measured'}."]
     return "\n".join(lines) + "\n"
 
