@@ -29,6 +29,33 @@ def test_requested_bfloat16_is_checked_and_kept_when_close(checkpoints, name):
     assert next(G.parameters()).dtype == torch.float32  # the float32 original is untouched
 
 
+@pytest.mark.parametrize("low_seconds,expected", [(0.5, torch.bfloat16), (0.95, torch.float32)])
+def test_auto_keeps_an_accurate_low_precision_only_when_it_is_faster(checkpoints, monkeypatch, low_seconds,
+                                                                       expected):
+    import service.runtime as runtime
+
+    G, meta = models.load(checkpoints["tiny-cgan"])
+    monkeypatch.setitem(runtime.AUTO_CANDIDATES, "cpu", (torch.bfloat16,))  # stands in for CUDA's list
+    fake = {torch.float32: 1.0, torch.bfloat16: low_seconds}
+    monkeypatch.setattr(runtime, "_seconds", lambda module, meta: fake[next(module.parameters()).dtype])
+    module, dtype, check = runtime.choose_dtype(G, meta, torch.device("cpu"), "auto")
+    assert dtype == expected and next(module.parameters()).dtype == expected
+    assert check["float32_seconds"] == 1.0 and check["tried"][0]["seconds"] == low_seconds
+    assert check.get("fallback") == (None if expected == torch.bfloat16 else "float32")
+    assert check["tried"][0].get("slower", False) == (expected == torch.float32)
+
+
+def test_auto_times_its_candidates_for_real(checkpoints, monkeypatch):
+    import service.runtime as runtime
+
+    G, meta = models.load(checkpoints["tiny-i2i"])
+    monkeypatch.setitem(runtime.AUTO_CANDIDATES, "cpu", (torch.bfloat16,))
+    _, dtype, check = runtime.choose_dtype(G, meta, torch.device("cpu"), "auto")
+    low, ref = check["tried"][0]["seconds"], check["float32_seconds"]
+    assert low > 0 and ref > 0
+    assert (dtype == torch.bfloat16) == (low * runtime.MIN_SPEEDUP <= ref)  # the evidence decides
+
+
 def test_low_precision_that_breaks_the_model_falls_back_to_float32(checkpoints):
     from service.runtime import choose_dtype
 
