@@ -170,8 +170,8 @@ def choose_dtype(module: nn.Module, meta: dict[str, Any], device: torch.device,
     `auto` also keeps a candidate only if it is MIN_SPEEDUP times as fast as float32 (timed here); a
     requested dtype is served whatever its speed.
     """
-    timed = requested == "auto"
-    if requested == "auto":
+    timed = requested == "auto"  # only `auto` weighs speed
+    if timed:
         candidates = list(AUTO_CANDIDATES.get(device.type, ()))
     elif requested == "float32":
         candidates = []
