@@ -1,13 +1,13 @@
 """Augmentation jobs inside the service: checked at submit, kept on disk, run by a background thread.
 
-The images come from `models.augment` (the engine of `ganforge augment`) rendering through
+The images come from `augment` (the engine of `ganforge augment`) rendering through
 `runtime.render`, the function behind the online batched route. Jobs folder (GANFORGE_JOBS_DIR, default
 `$BENTOML_HOME/ganforge_jobs`), one folder per job, named by its id:
 
-    <id>/job.json          the resolved job (the models.augment spec, served model and store tag, the request,
+    <id>/job.json          the resolved job (the augment spec, served model and store tag, the request,
                            creation time); written once: the folder is built under a hidden name and renamed
     <id>/state.json        queued | running | done | failed, times, attempts, interruptions, error; atomic
-    <id>/out/              the models.augment output folder: spec, chunks, then class folders/npz + manifest
+    <id>/out/              the augment output folder: spec, chunks, then class folders/npz + manifest
     <id>/augment-<id>.zip  the result (imagefolder: the zipped out/ folder) or augment-<id>.npz, once done
 
 Each worker runs one daemon thread that takes the oldest queued or running job whose folder lock (flock)
@@ -35,8 +35,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from models import augment
-from models.augment import AugmentJob
+import augment
+from augment import AugmentJob
 from models.checkpoint import atomic_write
 
 from . import runtime
