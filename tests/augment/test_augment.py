@@ -37,14 +37,14 @@ from training.cli import main
 after, argv = int(sys.argv[1]), sys.argv[2:]
 real_run = writer.run
 
-def run(job, out, render, progress=None, between_batches=None):
+def run(job, out, render, progress=None, between_batches=None, **kwargs):
     calls = [0]
     def pause():
         calls[0] += 1
         if calls[0] == after:
             print("PAUSED", flush=True)
             time.sleep(600)
-    return real_run(job, out, render, progress, pause)
+    return real_run(job, out, render, progress, pause, **kwargs)
 
 writer.run = run
 sys.exit(main(argv))
