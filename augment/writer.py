@@ -325,7 +325,8 @@ class _Selecting:
         text = json.dumps({"accepted": [d.record() for d in self.accepted],
                            "rejected": [d.record() for d in self.rejected]})
         atomic_write(_chunk_record(self.out, i), lambda tmp: tmp.write_text(text))
-        self.accepted, self.rejected = [], []
+        self.accepted = []
+        self.rejected.clear()  # in place: the draw generator appends to this very list
 
 
 def _read_draws(out: Path, job: AugmentJob) -> tuple[list[list], list[list], dict[str, list]]:

@@ -127,6 +127,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {args.checkpoint} as {tag}" if created else f"{tag} already holds these weights")
 
 
+def _cmd_export_discriminator(args: argparse.Namespace) -> None:
+    from .discriminator import export_discriminator
+
+    print(f"exported {export_discriminator(args.workdir)}")
+
+
 def _cmd_lab_mog(args: argparse.Namespace) -> None:
     import torch
 
@@ -233,6 +239,11 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--name", required=True, help="store name, e.g. fashion_mnist_cgan (see GANFORGE_MODELS)")
     x.add_argument("--force", action="store_true", help="store a new version even if the weights are unchanged")
     x.set_defaults(func=_cmd_export)
+
+    xd = sub.add_parser("export-discriminator", help="write a finished run's discriminator (from its resume state) "
+                                                     "beside its export, for augment --d-keep-fraction")
+    xd.add_argument("workdir", help="the run's workdir (config.yaml, export.json, state.pt)")
+    xd.set_defaults(func=_cmd_export_discriminator)
 
     lab = sub.add_parser("lab", help="small experiments on training dynamics")
     lab_sub = lab.add_subparsers(dest="lab", required=True)
