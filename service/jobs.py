@@ -40,6 +40,7 @@ from augment import AugmentJob
 from models.checkpoint import atomic_write
 
 from . import runtime
+from .selection import job_scorers
 
 logger = logging.getLogger("ganforge.service")
 
@@ -177,7 +178,8 @@ class JobManager:
         state = self._set(folder, state, state="running", started=state.get("started") or _now(),
                           attempts=state.get("attempts", 0) + 1, note=None)
         try:
-            augment.run(job, out, self._renderer(served, job.truncation), between_batches=self._between_batches)
+            augment.run(job, out, self._renderer(served, job.truncation), between_batches=self._between_batches,
+                        scorers=job_scorers(job.selection, served))
             result = self._publish(folder, job_id, job)
             self._set(folder, state, state="done", finished=_now(), result=result.name,
                       result_bytes=result.stat().st_size)

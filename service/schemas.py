@@ -8,6 +8,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, ValidationError, Val
                       model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from augment.spec import MAX_DRAW_FACTOR
 from models.sampling import MAX_SEED
 
 from .config import SETTINGS
@@ -136,6 +137,15 @@ class AugmentRequest(_Strict):
     format: Literal["imagefolder", "npz"] = Field(
         "imagefolder", description="imagefolder: result is a zip of class folders of PNGs + manifest.csv; "
                                    "npz: the arrays of `ganforge sample` (images, labels, class_names, seeds)")
+    # sample selection (augment/select.py; off unless a filter is given)
+    min_confidence: Optional[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = Field(
+        None, description="keep an image only when `classifier` gives its class a probability >= this")
+    classifier: Optional[ModelName] = Field(None, description="domain classifier in the BentoML model store "
+                                                              "(ganforge export CLASSIFIER --name NAME)")
+    d_keep_fraction: Optional[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = Field(
+        None, description="keep each class's top fraction by the model's own discriminator (exported with it)")
+    max_draw_factor: Optional[Annotated[int, Strict(), Field(ge=1, le=MAX_DRAW_FACTOR)]] = Field(
+        None, description="candidates drawn per image asked, at most (default 20); fewer passing fails the job")
 
     @model_validator(mode="after")
     def _one_count(self) -> "AugmentRequest":

@@ -1,0 +1,82 @@
+"""Sample selection for /augment/submit (augment/select.py): a request's filters -> the job's `Selection`, and
+the scorers a job runs with.
+
+The classifier is a model in the BentoML store (`ganforge export CLASSIFIER --name NAME`); the discriminator is
+the one exported beside the served generator, which `ganforge export` copies into its store folder. Neither is
+needed to serve: a job that asks for a filter the server cannot run is refused at submit (400 on the field).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from augment import JobSpecError, Selection, check_classifier, check_discriminator, load_scorers
+from models.checkpoint import discriminator_path, file_hash, read_metadata
+
+from . import store
+from .schemas import field_error
+
+
+def _store_folder(name: str) -> Optional[Path]:
+    model = store.stored(name)
+    return None if model is None else Path(model.path)
+
+
+def request_selection(request: Any, served: Any) -> Optional[Selection]:
+    """The `Selection` an /augment/submit request asks for (None: no filter), checked against the served
+    generator; a ValidationError on the offending field otherwise."""
+    if request.min_confidence is None and request.classifier is None and request.d_keep_fraction is None:
+        if request.max_draw_factor is not None:
+            raise field_error("max_draw_factor", request.max_draw_factor, "max_draw_factor goes with a filter: "
+                              "min_confidence (with classifier) or d_keep_fraction")
+        return None
+    args: dict[str, Any] = {}
+    if request.min_confidence is not None or request.classifier is not None:
+        if request.classifier is None:
+            raise field_error("classifier", None, "min_confidence needs `classifier`: a classifier model in the "
+                                                  "BentoML store (ganforge export CLASSIFIER --name NAME)")
+        if request.min_confidence is None:
+            raise field_error("min_confidence", None, "a classifier filters with min_confidence (0 < p <= 1)")
+        folder = _store_folder(request.classifier)
+        if folder is None:
+            raise field_error("classifier", request.classifier, f"no model {request.classifier!r} in the BentoML "
+                              f"model store; export one: ganforge export CLASSIFIER --name {request.classifier}")
+        try:
+            check_classifier(served.meta, read_metadata(folder), request.classifier)
+        except (JobSpecError, ValueError) as e:
+            raise field_error("classifier", request.classifier, str(e)) from None
+        args.update(min_confidence=request.min_confidence, classifier_sha256=file_hash(folder),
+                    classifier=request.classifier)
+    if request.d_keep_fraction is not None:
+        folder = _store_folder(served.name)
+        path = discriminator_path(folder) if folder is not None else None
+        if path is None or not path.is_file():
+            raise field_error("d_keep_fraction", request.d_keep_fraction, f"model {served.name!r} was exported "
+                              "without its discriminator (train with export_discriminator: true or run ganforge "
+                              "export-discriminator, then ganforge export again)")
+        try:
+            check_discriminator(served.meta, read_metadata(path), served.name)
+        except (JobSpecError, ValueError) as e:
+            raise field_error("d_keep_fraction", request.d_keep_fraction, str(e)) from None
+        args.update(d_keep_fraction=request.d_keep_fraction, discriminator_sha256=file_hash(path),
+                    discriminator=served.name)
+    if request.max_draw_factor is not None:
+        args["max_draw_factor"] = request.max_draw_factor
+    try:
+        return Selection(**args)
+    except JobSpecError as e:
+        raise field_error(e.field, getattr(request, e.field, None), str(e)) from None
+
+
+def job_scorers(selection: Optional[Selection], served: Any) -> Optional[dict]:
+    """The scorers a job's selection runs with, from the store (their sha256 is checked when they load)."""
+    if selection is None:
+        return None
+    classifier = None
+    if selection.classifier_sha256:
+        classifier = _store_folder(selection.classifier)
+        if classifier is None:
+            raise ValueError(f"classifier {selection.classifier!r} is not in the model store any more")
+    folder = _store_folder(served.name)
+    discriminator = discriminator_path(folder) if folder is not None and selection.discriminator_sha256 else None
+    return load_scorers(selection, classifier, discriminator, served.device)
