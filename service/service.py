@@ -139,6 +139,9 @@ class Generator:
         answers 404 to /internal/* over HTTP): one base64 string per item, a PNG or the raw pixels as the item
         asks; items of one model and truncation share a forward pass. An item naming an unserved model or
         class gets null, so one bad item cannot fail the other requests merged into its batch."""
+        return self._render_items(items)
+
+    def _render_items(self, items: list[RenderItem]) -> list[Optional[str]]:
         out: list[Optional[str]] = [None] * len(items)
         groups: dict[tuple[str, Optional[float]], list[int]] = {}
         for i, item in enumerate(items):
@@ -147,7 +150,7 @@ class Generator:
                 groups.setdefault((item.model, item.truncation), []).append(i)
         for (name, truncation), index in groups.items():
             images = render(self.served[name], [items[i].label for i in index],
-                                    [items[i].seed for i in index], truncation)
+                            [items[i].seed for i in index], truncation)
             for i, image in zip(index, images):
                 out[i] = codec.png_b64(image) if items[i].encoding == "png" else codec.raw_b64(image)
         return out
@@ -183,7 +186,8 @@ class Generator:
                 logger.warning("render_batch's batcher not found in BentoML's app; requests are not merged")
         if self._dispatch is not None:
             return await self._dispatch(items, alone)
-        return await run_in_threadpool(self.render_batch, items)
+        return await run_in_threadpool(self._render_items, items)  # not self.render_batch: in a server
+        #                                                              that is an HTTP call to the route
 
     # --- image-to-image ---------------------------------------------------------------------------
 
