@@ -33,9 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from models.augment import AugmentJob, resolve_counts
 from models.sampling import MAX_SEED, class_index, grid, image_shape
 
-from . import bentoml_internals, codec, uploads
+from . import bentoml_internals, codec, uploads, watchdog
 from .gate import OnlineGate
-from .served import KINDS, Served, load_served, render, translate
+from .served import KINDS, Served, load_served, render, translate, verify
 from .config import SETTINGS, jobs_root
 from .jobs import JobManager, JobNotFound, JobNotReady, TooManyJobs
 from .limits import RequestLimits
@@ -62,6 +62,11 @@ MULTIPART_OVERHEAD = 64 << 10  # form fields and part headers around the uploade
 GC_THRESHOLDS = (50_000, 50, 1000)  # Python's defaults are (700, 10, 10)
 # BentoML packs (`bentoml build`) the models it finds as class attributes; which ones is configuration.
 MODEL_REFS = {name: bentoml.models.BentoModel(f"{name}:latest") for name in SETTINGS.models}
+# Every process that imports the service checks the weights it will serve against their recorded sha256, so
+# `bentoml serve` itself exits non-zero with the message (model, both hashes) before it starts any worker,
+# instead of its workers failing and being restarted forever (issue 16.17/18).
+for _name, _ref in MODEL_REFS.items():
+    verify(_name, _ref.stored)
 
 
 def _declare_models(cls: type) -> type:
@@ -80,9 +85,17 @@ def _declare_models(cls: type) -> type:
 @_declare_models
 class Generator:
     def __init__(self) -> None:
+        worker = bentoml_internals.in_worker()
+        if worker:
+            watchdog.exit_with_parent()  # workers run in their own session: end them when the server is gone
         self.served: dict[str, Served] = {}
         for name, ref in MODEL_REFS.items():
-            self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
+            try:
+                self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
+            except Exception as e:
+                if worker:  # BentoML would restart this worker every ~10 s, forever
+                    watchdog.stop_server(f"cannot serve model {name!r}: {type(e).__name__}: {e}")
+                raise
             s = self.served[name]
             logger.info("serving %s (%s) on %s as %s", s.tag, s.kind, s.device, s.dtype)
         self.gate = OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way

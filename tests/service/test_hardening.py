@@ -141,3 +141,89 @@ def test_overload_and_timeout_answers_say_what_happened():
     assert status == 504 and "GANFORGE_TIMEOUT=60 s" in body["error"]
     status, _, body = _through_middleware(409, b'[{"error": "job x is running"}]')
     assert status == 409 and body == {"error": "job x is running"}
+
+
+# --- models are what they claim (16.17-19) ---------------------------------------------------------------
+
+def _home_with_damaged_weights(name: str, damage) -> "Path":
+    import shutil
+
+    from tests.service.conftest import ROOT
+
+    home = ROOT / f"bentoml-{name}"
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(ROOT / "bentoml" / "models", home / "models")
+    weights = sorted((home / "models" / "tiny-cgan").glob("*/model.safetensors"))
+    assert weights
+    for path in weights:
+        damage(path)
+    return home
+
+
+def _flip(path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(b ^ 0xFF for b in data[middle:middle + 4096])
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate], ids=["flipped-bytes", "truncated"])
+def test_a_damaged_model_makes_the_server_exit_non_zero_naming_it(store, server_env, damage):
+    """16.17: flipped bytes gave a ready server reporting the old hash and drawing black images.
+    16.18: a truncated file gave a worker restarted every ~10 s forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+    from tests.service.conftest import ROOT, free_port
+
+    home = _home_with_damaged_weights(damage.__name__.strip("_"), damage)
+    log = ROOT / f"server-{damage.__name__.strip('_')}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "service.service:Generator", "--host",
+                                 "127.0.0.1", "--port", str(free_port())], cwd=PROJECT_ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **server_env, "BENTOML_HOME": str(home)})
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"the server kept running with damaged weights:\n{log.read_text()[-3000:]}")
+    text = log.read_text(errors="replace")
+    assert code != 0
+    recorded = store and __import__("bentoml").models.get(store["tiny-cgan"]).info.metadata["sha256"]
+    assert "'tiny-cgan'" in text and recorded in text and "recorded at export" in text, text[-3000:]
+
+
+def test_workers_die_with_their_server(server_env):
+    """16.19: kill -9 of the server's process group left the worker serving and holding the port."""
+    import os
+    import signal
+    import socket as sockets
+
+    import psutil
+
+    from tests.service.conftest import ROOT, Server
+
+    s = Server(server_env, ROOT / "server-kill9.log")
+    workers = [p for p in psutil.Process(s.proc.pid).children(recursive=True)
+               if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+    assert workers
+    os.killpg(s.proc.pid, signal.SIGKILL)
+    s.proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not alive, f"workers {[p.pid for p in alive]} outlived their server"
+    with sockets.socket() as probe:  # the port is free for a new server
+        probe.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", s.port))
+    s.http.close()
