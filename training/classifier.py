@@ -53,30 +53,28 @@ def random_batches(n: int, batch_size: int, steps: int, gen: torch.Generator) ->
         yield torch.randint(n, (batch_size,), generator=gen)
 
 
-def fit_classifier(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor,
-                   batches: Iterable[torch.Tensor], steps: int, gen: torch.Generator, lr: float = 2e-3,
-                   progress: bool = False) -> DomainClassifier:
+def fit_classifier(model: DomainClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                   gen: torch.Generator, lr: float = 2e-3, progress: bool = False) -> DomainClassifier:
     """The domain classifier's recipe: AdamW, one-cycle LR over `steps`, flip + shift, label smoothing 0.05.
 
-    `images` uint8 (N, C, H, W) and `labels` (N,) on the CPU; `batches` yields `steps` index tensors
-    (`epoch_batches` or `random_batches`, drawn from `gen`, which also drives the augmentation).
+    `batches` yields `steps` (uint8 images (B, C, H, W), labels (B,)) pairs on the CPU; `gen` drives the
+    augmentation (and, in `epoch_batches` / `random_batches`, the batch order).
     """
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    bar = tqdm(total=steps, desc="classifier", unit="step", disable=not progress)
     model.train()
-    for idx in batches:
-        x = _augment(normalize(images[idx]), gen).to(device)
-        loss = F.cross_entropy(model(x), labels[idx].to(device), label_smoothing=0.05)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.update()
-        if progress:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+    with tqdm(total=steps, desc="classifier", unit="step", disable=not progress) as bar:
+        for images, labels in batches:
+            x = _augment(normalize(images), gen).to(device)
+            loss = F.cross_entropy(model(x), labels.to(device), label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     return model
 
 
@@ -95,8 +93,8 @@ def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, ou
     steps = epochs * (len(train) // batch_size)
     gen = torch.Generator().manual_seed(seed)
     start = time.time()
-    fit_classifier(model, train.images, train.labels, epoch_batches(len(train), batch_size, epochs, gen), steps,
-                   gen, lr=lr, progress=True)
+    batches = ((train.images[idx], train.labels[idx]) for idx in epoch_batches(len(train), batch_size, epochs, gen))
+    fit_classifier(model, batches, steps, gen, lr=lr, progress=True)
     acc = accuracy(model, test)
     report = {"test_accuracy": acc, "epochs": epochs, "seconds": round(time.time() - start, 1)}
     meta = {"kind": "classifier", "class_names": train.class_names, "img_resolution": h,

@@ -37,7 +37,8 @@ def test_fit_classifier_learns_and_is_deterministic():
     for _ in range(2):
         model = fresh(train, 0)
         gen = torch.Generator().manual_seed(0)
-        fit_classifier(model, train.images, train.labels, random_batches(len(train), 32, 40, gen), 40, gen)
+        batches = ((train.images[idx], train.labels[idx]) for idx in random_batches(len(train), 32, 40, gen))
+        fit_classifier(model, batches, 40, gen)
         runs.append(model)
     assert accuracy(fresh(train, 0), test) < 0.5 < accuracy(runs[0], test)
     a, b = runs[0].state_dict(), runs[1].state_dict()
