@@ -182,7 +182,8 @@ def test_a_damaged_model_makes_the_server_exit_non_zero_naming_it(store, server_
     import sys
 
     from tests.conftest import PROJECT_ROOT
-    from tests.service.conftest import ROOT, free_port
+    from service.testing import free_port
+    from tests.service.conftest import ROOT
 
     home = _home_with_damaged_weights(damage.__name__.strip("_"), damage)
     log = ROOT / f"server-{damage.__name__.strip('_')}.log"

@@ -12,7 +12,8 @@ import pytest
 
 import models
 import models.sampling
-from tests.service.conftest import BUNDLED, ROOT, Server, bundled_present, decode, png
+from service.testing import Server
+from tests.service.conftest import BUNDLED, ROOT, bundled_present, decode, png
 
 CONCURRENT = 48
 
@@ -62,14 +63,12 @@ def test_health_and_metrics(server):
 def test_server_worker_runs_uvloop_and_httptools(server):
     """uvicorn picks uvloop and httptools when they import (project dependencies); without them it falls back
     to asyncio and the pure-Python h11 parser, which cost throughput under concurrency (RESULTS.md)."""
-    import psutil
-
-    workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
-               if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+    workers = server.workers()
     assert workers
     for worker in workers:
         maps = Path(f"/proc/{worker.pid}/maps").read_text()
         assert "uvloop" in maps and "httptools" in maps
+    assert server.http_stack() == "uvloop + httptools"
 
 
 def test_generate_over_http_matches_direct_sampling(server, checkpoints):
