@@ -16,8 +16,7 @@ from models import load
 from models.checkpoint import CLASSIFIER, WEIGHTS_NAME, discriminator_path, file_hash, weights_path
 
 from .config import check_model_name
-
-SERVABLE_KINDS = ("conditional", "image-to-image")
+from .served import KINDS
 
 
 def _plain(value: Any) -> Any:
@@ -51,8 +50,8 @@ def export(checkpoint: str | os.PathLike, name: str, force: bool = False) -> tup
     module, meta = load(checkpoint, "cpu")  # the weights must rebuild, not just parse
     del module
     kind = meta.get("kind")
-    if kind not in (*SERVABLE_KINDS, CLASSIFIER):  # a classifier is stored for augmentation jobs' selection
-        raise ValueError(f"{checkpoint} is a {kind!r} checkpoint; the store takes {[*SERVABLE_KINDS, CLASSIFIER]}")
+    if kind not in (*KINDS, CLASSIFIER):  # a classifier is stored for augmentation jobs' selection
+        raise ValueError(f"{checkpoint} is a {kind!r} checkpoint; the store takes {[*KINDS, CLASSIFIER]}")
     digest = file_hash(checkpoint)
     latest = stored(name)
     stale_d = discriminator_path(checkpoint).is_file() and not (

@@ -86,7 +86,8 @@ def test_bentoml_build_packs_service_models_requirements_and_dockerfile(store):
             "src/models/checkpoint.py", "src/augment/__init__.py", "src/augment/spec.py", "src/augment/writer.py",
             "src/augment/render.py", "env/docker/Dockerfile", "env/python/requirements.txt",
             "apis/openapi.yaml", "bento.yaml"} <= files
-    assert not any(f.startswith(("src/training", "src/tests", "src/checkpoints", "src/runs")) for f in files)
+    assert not any(f.startswith(("src/training", "src/tests", "src/checkpoints", "src/runs", "src/benchmarks",
+                                 "src/service/testing.py")) for f in files)
     requirements = open(bento.path_of("env/python/requirements.txt")).read()
     for package in ("torch==", "bentoml==", "safetensors", "pillow", "pydantic", "numpy", "uvloop==", "httptools=="):
         assert package in requirements, requirements
