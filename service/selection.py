@@ -22,6 +22,14 @@ def _store_folder(name: str) -> Optional[Path]:
     return None if model is None else Path(model.path)
 
 
+def _check(check, served: Any, path: Path, field: str, value: Any, name: str) -> None:
+    """`check(generator_meta, meta, name)` on the checkpoint at `path`; a ValidationError on `field` if it fails."""
+    try:
+        check(served.meta, read_metadata(path), name)
+    except (JobSpecError, ValueError) as e:
+        raise field_error(field, value, str(e)) from None
+
+
 def request_selection(request: Any, served: Any) -> Optional[Selection]:
     """The `Selection` an /augment/submit request asks for (None: no filter), checked against the served
     generator; a ValidationError on the offending field otherwise."""
@@ -41,10 +49,7 @@ def request_selection(request: Any, served: Any) -> Optional[Selection]:
         if folder is None:
             raise field_error("classifier", request.classifier, f"no model {request.classifier!r} in the BentoML "
                               f"model store; export one: ganforge export CLASSIFIER --name {request.classifier}")
-        try:
-            check_classifier(served.meta, read_metadata(folder), request.classifier)
-        except (JobSpecError, ValueError) as e:
-            raise field_error("classifier", request.classifier, str(e)) from None
+        _check(check_classifier, served, folder, "classifier", request.classifier, request.classifier)
         args.update(min_confidence=request.min_confidence, classifier_sha256=file_hash(folder),
                     classifier=request.classifier)
     if request.d_keep_fraction is not None:
@@ -54,10 +59,7 @@ def request_selection(request: Any, served: Any) -> Optional[Selection]:
             raise field_error("d_keep_fraction", request.d_keep_fraction, f"model {served.name!r} was exported "
                               "without its discriminator (train with export_discriminator: true or run ganforge "
                               "export-discriminator, then ganforge export again)")
-        try:
-            check_discriminator(served.meta, read_metadata(path), served.name)
-        except (JobSpecError, ValueError) as e:
-            raise field_error("d_keep_fraction", request.d_keep_fraction, str(e)) from None
+        _check(check_discriminator, served, path, "d_keep_fraction", request.d_keep_fraction, served.name)
         args.update(d_keep_fraction=request.d_keep_fraction, discriminator_sha256=file_hash(path),
                     discriminator=served.name)
     if request.max_draw_factor is not None:

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ import models
 from augment.select import classifier_scorer, discriminator_scorer
 from models.checkpoint import discriminator_path
 from models.sampling import generate, to_uint8
-from tests.augment.test_augment import ENV, FASHION, PAUSING_CLI, augment_cli, png, save_tiny_cgan, tree
+from tests.augment.test_augment import FASHION, augment_cli, paused_augment, png, save_tiny_cgan, tree
 from tests.conftest import PROJECT_ROOT
 
 BUNDLED_CGAN = PROJECT_ROOT / "checkpoints" / "fashion_mnist_cgan"
@@ -205,23 +201,10 @@ def test_selection_resumes_after_kill_9_byte_identical(tiny, tmp_path, fmt, caps
     reference = tmp_path / "reference"
     assert augment_cli(tiny["ckpt"], reference, *args) == 0
     out = tmp_path / "killed"
-    log = open(tmp_path / "stderr.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", PAUSING_CLI, "5", "augment", str(tiny["ckpt"]), "--out", str(out),
-                             *map(str, args)], cwd=PROJECT_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=log)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == b"PAUSED", (line, (tmp_path / "stderr.log").read_text()[-2000:])
+    with paused_augment(tiny["ckpt"], out, args, tmp_path / "stderr.log"):
         work = out / ".chunks"  # 5 batches of 2: chunks 0-1 whole (with their draw records), chunk 2 half done
         assert sorted(p.name for p in work.iterdir() if p.name.startswith("chunk-")) == \
             sorted(f"chunk-00000{i}.{ext}" for i in (0, 1) for ext in ("json", "npz" if fmt == "npz" else "done"))
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        log.close()
     capsys.readouterr()
     assert augment_cli(tiny["ckpt"], out, *args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
