@@ -40,6 +40,7 @@ from .served import KINDS, Served, load_served, render, translate, verify
 from .config import SETTINGS, jobs_root
 from .jobs import JobConflict, JobManager, JobNotFound, JobNotReady, StorageFull, TooManyJobs
 from .limits import RequestLimits
+from .openapi import PublishedDocument
 from .schemas import (
     AugmentRequest,
     GeneratedImage,
@@ -68,8 +69,10 @@ MODEL_REFS = {name: bentoml.models.BentoModel(f"{name}:latest") for name in SETT
 # Every process that imports the service checks the weights it will serve against their recorded sha256, so
 # `bentoml serve` itself exits non-zero with the message (model, both hashes) before it starts any worker,
 # instead of its workers failing and being restarted forever (issue 16.17/18).
+KINDS_SERVED = {}  # name -> kind, for the published document
 for _name, _ref in MODEL_REFS.items():
     verify(_name, _ref.stored)
+    KINDS_SERVED[_name] = _ref.stored.info.metadata.get("kind", "")
 
 
 def _declare_models(cls: type) -> type:
@@ -341,3 +344,4 @@ Generator.add_asgi_middleware(
     body_timeout_s=SETTINGS.body_timeout_s, max_uploads=SETTINGS.max_uploads,
     overload_hint=f" (GANFORGE_MAX_LATENCY_MS={SETTINGS.max_latency_ms})",
     timeout_hint=f" (GANFORGE_TIMEOUT={SETTINGS.timeout_s} s)", ranged_routes=["/augment/result"])
+Generator.add_asgi_middleware(PublishedDocument, kinds=KINDS_SERVED)  # /docs.json: the document of service/openapi.py
