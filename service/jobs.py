@@ -1,15 +1,15 @@
 """Augmentation jobs inside the service: checked at submit, kept on disk, run by a background thread.
 
-The images come from `models.augment` (the engine of `ganforge augment`) rendering through
+The images come from `augment` (the engine of `ganforge augment`) rendering through
 `served.render`, the function behind the online batched route. Jobs folder (GANFORGE_JOBS_DIR, default
 `$BENTOML_HOME/ganforge_jobs`), one folder per job, named by its id:
 
-    <id>/job.json          the resolved job (the models.augment spec, served model and store tag, the request,
+    <id>/job.json          the resolved job (the augment spec, served model and store tag, the request,
                            creation time); written once: the folder is built under a hidden name and renamed
     <id>/state.json        queued | running | done | failed | cancelled, times, attempts, interruptions,
                            error, note; atomic
     <id>/cancel            present once a cancel was asked for (the runner, in whichever worker, stops)
-    <id>/out/              the models.augment output folder: spec, chunks, then class folders/npz + manifest;
+    <id>/out/              the augment output folder: spec, chunks, then class folders/npz + manifest;
                            removed once the result is published unless the request said keep_files
     <id>/augment-<id>.zip  the result (imagefolder: the zipped out/ folder) or augment-<id>.npz, once done
     .submit.lock           held (flock) while a submit counts the active jobs and adds one, so that
@@ -50,8 +50,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from models import augment
-from models.augment import AugmentJob
+import augment
+from augment import AugmentJob
 from models.checkpoint import atomic_write
 
 from .gate import OnlineGate

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from models import sampling
+from models.checkpoint import CONDITIONAL, model_resolution, task_channels
 from models.sampling import generate, to_uint8
 
 logger = logging.getLogger("ganforge.service")
@@ -30,11 +31,11 @@ MIN_SPEEDUP = 1.1
 
 def probe(module: nn.Module, meta: dict[str, Any], size: int = PROBE_SIZE) -> np.ndarray:
     """A fixed uint8 batch from the model, to compare dtypes on."""
-    if meta["kind"] == "conditional":
+    if meta["kind"] == CONDITIONAL:
         labels = [i % module.num_classes for i in range(size)]
         return to_uint8(generate(module, labels, list(range(size))), meta)
-    r = int(meta.get("img_resolution", 32))
-    channels = int(meta.get("task", {}).get("source_channels", 1))
+    r = model_resolution(meta)
+    channels = task_channels(meta)[0]
     shape = (size, r, r) if channels == 1 else (size, r, r, channels)
     images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     return sampling.translate(module, images, meta)

@@ -16,14 +16,14 @@ import torch
 import torch.nn as nn
 
 from models import load, sampling
-from models.checkpoint import file_hash
+from models.checkpoint import GENERATOR_KINDS, file_hash
 from models.sampling import generate, pick_device, to_uint8
 
 from . import precision
 
 logger = logging.getLogger("ganforge.service")
 
-KINDS = ("conditional", "image-to-image")  # the checkpoint kinds the service serves (and `ganforge export` takes)
+KINDS = GENERATOR_KINDS  # the checkpoint kinds the service serves (and `ganforge export` takes)
 
 
 @dataclass

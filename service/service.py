@@ -31,8 +31,9 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import Strict
 from starlette.concurrency import run_in_threadpool
 
-from models.augment import AugmentJob, resolve_counts
-from models.sampling import MAX_SEED, class_index, grid, image_shape
+from augment import AugmentJob, JobSpecError, resolve_counts
+from models.checkpoint import image_geometry
+from models.sampling import class_index, grid, image_shape
 
 from . import bentoml_internals, codec, uploads, watchdog
 from .gate import OnlineGate
@@ -129,10 +130,10 @@ class Generator:
         """`n` images of one class as base64 PNGs, each with its seed (image i uses seed + i)."""
         request = GenerateRequest.model_construct(**fields)  # validated by BentoML against input_spec
         served, label, seed, pngs = await self._generate(request, "png")
-        h, w = image_shape(served.meta)[:2]
+        channels, h, w = image_geometry(served.meta)
         return GenerateResponse(
             model=served.name, class_index=label, class_name=served.meta["class_names"][label],
-            truncation=request.truncation, width=w, height=h, channels=int(served.meta.get("img_channels", 1)),
+            truncation=request.truncation, width=w, height=h, channels=channels,
             images=[GeneratedImage(seed=seed + i, png=png) for i, png in enumerate(pngs)])
 
     @bentoml.api(input_spec=GenerateImageRequest)
@@ -257,11 +258,13 @@ class Generator:
             raise field_error(field, None, f"the job asks for {total} images; the limit is "
                                            f"{SETTINGS.job_max_images} per job (GANFORGE_JOB_MAX_IMAGES)")
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        if seed + total - 1 > MAX_SEED:
-            raise field_error("seed", seed, f"seed + {total} - 1 images must be <= {MAX_SEED}")
-        job = AugmentJob(checkpoint_sha256=served.store_metadata["sha256"], class_names=tuple(names),
-                         counts=tuple(counts), seed=seed, truncation=request.truncation, format=request.format,
-                         chunk_size=SETTINGS.job_chunk_size, batch_size=SETTINGS.job_batch_size, model=served.name)
+        try:  # the job spec is the one validator of its ranges (seed + index, truncation, format)
+            job = AugmentJob(checkpoint_sha256=served.store_metadata["sha256"], class_names=tuple(names),
+                             counts=tuple(counts), seed=seed, truncation=request.truncation, format=request.format,
+                             chunk_size=SETTINGS.job_chunk_size, batch_size=SETTINGS.job_batch_size,
+                             model=served.name)
+        except JobSpecError as e:
+            raise field_error(e.field, getattr(request, e.field, None), str(e)) from None
         try:
             status = await run_in_threadpool(self.jobs.submit, job, served.tag, request.model_dump())
         except TooManyJobs as e:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from models import augment
+import augment
 from tests.service.conftest import ROOT
 from tests.service.test_jobs import served, small_job, wait_done, wait_for  # noqa: F401 (fixture)
 

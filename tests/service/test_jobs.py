@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+import augment
 import models
-from models import augment
 from models.checkpoint import file_hash
 from service.testing import Server
 from tests.service.conftest import ROOT, decode
@@ -50,7 +50,7 @@ def wait_done(jobs, job_id: str, timeout: float = 120) -> None:
 
 
 def reference_tree(spec: dict, checkpoint: Path, folder: Path) -> dict[str, bytes]:
-    """What `models.augment` makes from the job's own spec and the checkpoint on disk (the CLI's path)."""
+    """What `augment` makes from the job's own spec and the checkpoint on disk (the CLI's path)."""
     job = augment.AugmentJob.from_dict(spec)
     augment.run(job, folder, augment.checkpoint_renderer(checkpoint, job.truncation, "cpu"))
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
