@@ -214,7 +214,12 @@ def test_workers_die_with_their_server(server_env):
 
     from tests.service.conftest import ROOT, Server
 
-    s = Server(server_env, ROOT / "server-kill9.log")
+    import shutil
+
+    home = ROOT / "bentoml-kill9"  # its own home: a server starting on the shared one wipes its metrics
+    shutil.copytree(ROOT / "bentoml" / "models", home / "models", dirs_exist_ok=True)
+    s = Server({**server_env, "BENTOML_HOME": str(home), "GANFORGE_JOBS_DIR": str(ROOT / "jobs-kill9")},
+               ROOT / "server-kill9.log")
     workers = [p for p in psutil.Process(s.proc.pid).children(recursive=True)
                if "_bentoml_impl.worker" in " ".join(p.cmdline())]
     assert workers
