@@ -25,7 +25,8 @@ def conforms(doc: dict, path: str, response) -> None:
     declared = op["responses"].get(str(response.status_code))
     assert declared, f"{path} answered {response.status_code}, which it does not declare: {response.text[:300]}"
     media = response.headers["content-type"].split(";")[0].strip()
-    assert media in declared["content"], f"{path} {response.status_code} sent {media}; declared {list(declared['content'])}"
+    assert media in declared["content"], \
+        f"{path} {response.status_code} sent {media}; declared {list(declared['content'])}"
     schema = declared["content"][media]["schema"]
     if media == "application/json":
         validator = jsonschema_rs.validator_for({**schema, "components": doc["components"]})
