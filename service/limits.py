@@ -281,8 +281,9 @@ async def _checked_form(scope: Scope, body: bytes, file_field: str) -> tuple[str
     """(why the multipart body's `file_field` is unacceptable or None, the body rebuilt or None).
 
     `file_field` must be exactly one file part (not a string: BentoML would download a URL given there).
-    Browsers (Swagger UI's "Try it out") send every form field as a part with a filename; BentoML would then
-    see `model` / `derive` as files and refuse them, so such parts are rebuilt as text fields."""
+    Browsers (Swagger UI's "Try it out") send every form field as a part with a filename, and Swagger UI the
+    optional ones it leaves empty as empty values; BentoML would see `model` / `derive` as files, or `model`
+    as an empty name, and refuse them. Such bodies are rebuilt: text fields, empty ones left out."""
     from starlette.datastructures import UploadFile
     from starlette.requests import Request
 
@@ -302,12 +303,14 @@ async def _checked_form(scope: Scope, body: bytes, file_field: str) -> tuple[str
         if len(values) != 1 or not isinstance(values[0], UploadFile):
             return f"'{file_field}' must be exactly one uploaded file (e.g. curl -F {file_field}=@picture.png)", None
         others = [(k, v) for k, v in form.multi_items() if k != file_field]
-        if not any(isinstance(v, UploadFile) for _, v in others):
+        if not any(isinstance(v, UploadFile) or v == "" for _, v in others):
             return None, None
         boundary = "ganforge-" + secrets.token_hex(8)
         parts = []
         for name, value in others:
             text = (await value.read()).decode("utf-8", "replace") if isinstance(value, UploadFile) else value
+            if text == "":  # an empty form field is a field not given (Swagger UI sends the empty optional ones)
+                continue
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{text}\r\n'.encode())
         upload = values[0]
         await upload.seek(0)

@@ -293,6 +293,9 @@ def test_translate_form_fields_sent_as_files_work(server):
              ("derive", ("blob", b"false", "text/plain"))]
     r = server.http.post("/translate", files=files)
     assert r.status_code == 200, r.text
+    empty = server.http.post("/translate", files={"image": ("edges.png", png(src), "image/png")},
+                             data={"model": "", "derive": "false"})  # Swagger UI's "send empty value"
+    assert empty.status_code == 200, empty.text
     plain = server.http.post("/translate", files={"image": ("edges.png", png(src), "image/png")},
                              data={"model": "tiny-i2i"})
     assert r.content == plain.content
