@@ -301,3 +301,10 @@ def test_translate_form_fields_sent_as_files_work(server):
     assert r.content == plain.content
     bad = server.http.post("/translate", files=[("image", ("edges.png", png(src))), ("model", ("blob", b"nope"))])
     assert bad.status_code == 400 and "nope" in bad.text
+
+
+def test_workers_run_with_two_malloc_arenas(server):
+    """16.21's growth under load: half of it was glibc's per-thread arenas (RESULTS.md); the serve process sets
+    MALLOC_ARENA_MAX=2 before it starts the workers."""
+    workers = server.workers()
+    assert workers and all(p.environ().get("MALLOC_ARENA_MAX") == "2" for p in workers)
