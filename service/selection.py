@@ -14,6 +14,7 @@ from augment import JobSpecError, Selection, check_classifier, check_discriminat
 from models.checkpoint import discriminator_path, file_hash, read_metadata
 
 from . import store
+from .config import check_model_name
 from .schemas import field_error
 
 
@@ -45,6 +46,10 @@ def request_selection(request: Any, served: Any) -> Optional[Selection]:
                                                   "BentoML store (ganforge export CLASSIFIER --name NAME)")
         if request.min_confidence is None:
             raise field_error("min_confidence", None, "a classifier filters with min_confidence (0 < p <= 1)")
+        try:
+            check_model_name(request.classifier)
+        except ValueError as e:
+            raise field_error("classifier", request.classifier, str(e)) from None
         folder = _store_folder(request.classifier)
         if folder is None:
             raise field_error("classifier", request.classifier, f"no model {request.classifier!r} in the BentoML "

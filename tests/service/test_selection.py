@@ -52,6 +52,7 @@ def test_a_filtered_job_over_the_app(client, classifiers, checkpoints):
     ({"classifier": "tiny-classifier"}, "min_confidence", "filters with min_confidence"),
     ({"classifier": "nobody", "min_confidence": 0.9}, "classifier", "no model 'nobody' in the BentoML model store"),
     ({"classifier": "digits", "min_confidence": 0.9}, "classifier", "['0', '1', '2'"),
+    ({"classifier": "Bad Name/..", "min_confidence": 0.9}, "classifier", "not a valid BentoML model name"),
     ({"classifier": "tiny-classifier", "min_confidence": 1.5}, "min_confidence", "less than or equal to 1"),
     ({"d_keep_fraction": 0.5}, "d_keep_fraction", "exported without its discriminator"),
     ({"max_draw_factor": 5}, "max_draw_factor", "goes with a filter"),
