@@ -29,8 +29,8 @@ def classifiers(store) -> dict[str, str]:
 
 
 def test_a_filtered_job_over_the_app(client, classifiers, checkpoints):
-    body = {"per_class": {"bag": 3, "coat": 2}, "seed": 4, "classifier": "tiny-classifier",
-            "min_confidence": 0.05, "max_draw_factor": 50}
+    body = {"per_class": {"bag": 3, "coat": 2}, "seed": 4,
+            "selection": {"classifier": "tiny-classifier", "min_confidence": 0.05, "max_draw_factor": 50}}
     r = client.post("/augment/submit", json=body)
     assert r.status_code == 200, r.text
     status = wait_for(client, r.json()["job_id"])
@@ -60,8 +60,15 @@ def test_a_filtered_job_over_the_app(client, classifiers, checkpoints):
      "greater than or equal to 1"),
 ])
 def test_bad_selection_fields_answer_400_naming_the_field(client, classifiers, change, field, message):
-    r = client.post("/augment/submit", json={"per_class": 2, "seed": 0, **change})
+    r = client.post("/augment/submit", json={"per_class": 2, "seed": 0, "selection": change})
     assert r.status_code == 400, (r.status_code, r.text)
-    assert message in r.text and field in json.dumps(r.json()) and "Traceback" not in r.text
+    assert message in r.text and "Traceback" not in r.text
+    assert ["selection", field] in [d["loc"][-2:] for d in r.json()["detail"]], r.json()
     if "digits" in change.values():  # both class lists are named
         assert "'T-shirt/top'" in r.text
+
+
+def test_an_empty_selection_is_no_selection(client):
+    r = client.post("/augment/submit", json={"per_class": {"bag": 1}, "seed": 0, "selection": {}})
+    assert r.status_code == 200, r.text
+    assert wait_for(client, r.json()["job_id"])["state"] == "done"
