@@ -212,7 +212,7 @@ def test_selection_resumes_after_kill_9_byte_identical(tiny, tmp_path, fmt, caps
     assert tree(out) == tree(reference)  # same accepted seeds, same rejected list, same bytes
 
 
-@pytest.mark.slow  # a real (20-step) training run: ~30 s on 2 idle cores, 110 s on this shared machine
+@pytest.mark.slow  # a real (20-step) training run: 110 s measured on the shared 2-core machine
 def test_discriminator_filter_on_a_tiny_trained_run(tmp_path, capsys):
     """A tiny shapes run exports its D beside G (export_discriminator); `ganforge export-discriminator` writes
     the same file from the resume state; the D filter keeps each class's top fraction by D's logit."""
