@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_serving_check > gpu_check.json       # from the repository root
 
-Loads each bundled checkpoint through `service.runtime.load_served` (device and dtype `auto`, as the service
+Loads each bundled checkpoint through `service.served.load_served` (device and dtype `auto`, as the service
 does), and reports the dtype chosen with its precision check, whether the same seed gives the same image,
 how far the GPU's images are from the CPU's, and the raw images/s of `render` at batch 1/16/64 in float32 and
 in the chosen dtype (2 s each). The store model is stood in for by the checkpoint folder, so only torch,
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from models import load
+from models.checkpoint import file_hash
 from models.sampling import generate, to_uint8
-from service.runtime import load_served, render, translate
+from service.served import load_served, render, translate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,8 @@ def main() -> None:
     out = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
     for name in ("fashion_mnist_cgan", "fashion_mnist_edges2image"):
         path = ROOT / "checkpoints" / name
-        stored = SimpleNamespace(path=str(path), tag=name, info=SimpleNamespace(metadata={}))
+        stored = SimpleNamespace(path=str(path), tag=name,  # the checkpoint is its own record
+                                 info=SimpleNamespace(metadata={"sha256": file_hash(path)}, labels={}))
         served = load_served(name, stored)
         info = {"device": str(served.device), "dtype": str(served.dtype), "precision_check": served.precision_check}
         if served.meta["kind"] == "conditional":

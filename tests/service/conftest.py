@@ -126,7 +126,8 @@ def server_env(store) -> dict[str, str]:
             export(path, name)
             names.append(name)
     return {"GANFORGE_MODELS": ",".join(names), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-            "GANFORGE_JOBS_DIR": str(ROOT / "jobs-server")}  # not the in-process app's jobs folder
+            "GANFORGE_JOBS_DIR": str(ROOT / "jobs-server"),  # not the in-process app's jobs folder
+            "GANFORGE_BODY_TIMEOUT": "2"}  # the half-sent-body test waits this long
 
 
 @pytest.fixture(scope="session")

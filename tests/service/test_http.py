@@ -102,7 +102,7 @@ def test_translate_over_http(server):
                    "headers": {"content-type": "application/json"}}, 400),
     ("/generate", {"content": b"x" * 100_000, "headers": {"content-type": "application/json"}}, 413),
     ("/translate", {"files": {"image": ("x.png", b"not an image")}}, 400),
-    ("/translate", {"data": {"image": "http://169.254.169.254/latest/meta-data"}}, 400),
+    ("/translate", {"data": {"image": "http://169.254.169.254/latest/meta-data"}}, 415),  # a form: never fetched
     ("/translate", {"files": {"image": ("x.png", png(np.zeros((4000, 4000), np.uint8)))}}, 400),
 ])
 def test_bad_input_over_http_is_4xx_without_traceback(server, route, kwargs, status):
@@ -131,7 +131,7 @@ def test_concurrent_requests_are_merged_into_batches(server):
     # the items reach the batcher in process, with no HTTP round trip through the internal route
     assert route_requests(server.http, "/internal/render_batch") == hops0
     direct = server.http.post("/internal/render_batch", json={"items": [{"model": "tiny-cgan", "label": 1, "seed": 1}]})
-    assert direct.status_code == 200 and route_requests(server.http, "/internal/render_batch") == hops0 + 1
+    assert direct.status_code == 404  # issue 16.2 (BentoML's request counter, outside the middleware, counts it)
     # merging does not change what a seed means (up to batch-composition rounding, see test_inprocess)
     for i in (0, 17, CONCURRENT - 1):
         alone = server.http.post("/generate", json={"class_name": i % 10, "n": 1, "seed": 1000 + i})
