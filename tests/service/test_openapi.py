@@ -130,3 +130,13 @@ def test_in_process_only_statuses_conform(client, monkeypatch):
     r = client.post("/augment/submit", json={"total": 3})
     assert r.status_code == 429
     conforms(doc, "/augment/submit", r)
+
+
+def test_every_api_route_is_published_and_nothing_else(store):
+    """The document's route table (service/openapi.py) and the service's APIs cannot drift apart."""
+    from service.openapi import document
+    from service.service import Generator
+
+    published = {p for p, ops in document()["paths"].items() if "post" in ops}
+    served = {api.route for api in Generator.apis.values() if not api.route.startswith("/internal/")}
+    assert published == served
