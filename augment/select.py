@@ -154,30 +154,36 @@ def discriminator_scorer(module: torch.nn.Module, meta: dict[str, Any]) -> Score
     return score
 
 
+def _lazy(path: str | os.PathLike, sha: str, make: Callable[..., Scorer], device: str | torch.device) -> Scorer:
+    """A scorer that loads its checkpoint on first use, after checking it is the one the job recorded."""
+    from models.checkpoint import load
+
+    loaded: list[Scorer] = []
+
+    def score(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if not loaded:
+            actual = file_hash(path)
+            if actual != sha:
+                raise ValueError(f"{path} is not the checkpoint this job was made with (sha256 {actual}, the job "
+                                 f"recorded {sha})")
+            loaded.append(make(*load(path, device)))
+        return loaded[0](images, labels)
+
+    return score
+
+
 def load_scorers(selection: Selection, classifier: str | os.PathLike | None,
                  discriminator: str | os.PathLike | None, device: str | torch.device = "cpu") -> dict[str, Scorer]:
     """The scorers a selection needs, loaded on first use from these files after checking their sha256."""
-    from models.checkpoint import load
-
     files = {CONFIDENCE: (classifier, selection.classifier_sha256, classifier_scorer),
              D_LOGIT: (discriminator, selection.discriminator_sha256, discriminator_scorer)}
     scorers: dict[str, Scorer] = {}
     for name in selection.filters:
         path, sha, make = files[name]
         if path is None:
-            raise ValueError(f"the job filters by {name} but no {'classifier' if name == CONFIDENCE else 'discriminator'} "
-                             "checkpoint was given to run it")
-        loaded: list[Scorer] = []
-
-        def scorer(images: np.ndarray, labels: np.ndarray, path=path, sha=sha, make=make, loaded=loaded) -> np.ndarray:
-            if not loaded:
-                if file_hash(path) != sha:
-                    raise ValueError(f"{path} is not the checkpoint this job was made with (sha256 {file_hash(path)}, "
-                                     f"the job recorded {sha})")
-                loaded.append(make(*load(path, device)))
-            return loaded[0](images, labels)
-
-        scorers[name] = scorer
+            what = "classifier" if name == CONFIDENCE else "discriminator"
+            raise ValueError(f"the job filters by {name} but no {what} checkpoint was given to run it")
+        scorers[name] = _lazy(path, sha, make, device)
     return scorers
 
 

@@ -63,7 +63,8 @@ def manifest(out: Path, name: str = "manifest.csv") -> list[dict[str, str]]:
 
 
 def written(out: Path, rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    return np.stack([png((out / r["file"]).read_bytes()) for r in rows]), np.array([int(r["class_index"]) for r in rows])
+    images = np.stack([png((out / r["file"]).read_bytes()) for r in rows])
+    return images, np.array([int(r["class_index"]) for r in rows])
 
 
 @pytest.mark.skipif(not (BUNDLED_CGAN / "model.safetensors").is_file(), reason="fashion_mnist_cgan not bundled")
