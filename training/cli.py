@@ -19,8 +19,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_train_classifier(args: argparse.Namespace) -> None:
     from .classifier import train_classifier
 
-    report = train_classifier(args.dataset, args.root, args.out, epochs=args.epochs, width=args.width,
-                              seed=args.seed, device=args.device or "auto")
+    out = args.out or f"runs/{args.dataset.replace('-', '_')}_classifier"
+    report = train_classifier(args.dataset, args.root, out, epochs=args.epochs, batch_size=args.batch_size,
+                              width=args.width, seed=args.seed, device=args.device or "auto",
+                              resolution=args.resolution, fit=args.fit, workers=args.workers)
+    report["checkpoint"] = out
     print(json.dumps(report))
 
 
@@ -117,10 +120,15 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     c = sub.add_parser("train-classifier", help="train the domain classifier used as evaluation feature space")
-    c.add_argument("--dataset", default="fashion-mnist")
-    c.add_argument("--root", default=None)
-    c.add_argument("--out", default="checkpoints/fashion_mnist_classifier")
-    c.add_argument("--epochs", type=int, default=8)
+    c.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | imagefolder | shapes")
+    c.add_argument("--root", default=None, help="data folder (imagefolder: one subfolder per class)")
+    c.add_argument("--out", default=None, help="checkpoint folder (default runs/<dataset>_classifier; the "
+                                               "bundled checkpoints/ are never the default)")
+    c.add_argument("--epochs", type=int, default=8, help="passes over the data (at least 100 steps are run)")
+    c.add_argument("--batch-size", type=int, default=128, help="at most; small data uses a quarter of itself")
+    c.add_argument("--resolution", type=int, default=64, help="imagefolder: the GAN's resolution (64)")
+    c.add_argument("--fit", default="crop", choices=["crop", "squash", "pad"], help="imagefolder: non-square images")
+    c.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
     c.add_argument("--width", type=int, default=32)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device")
