@@ -57,7 +57,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     report = evaluate(args.checkpoint, classifier=args.classifier, per_class=args.per_class, seed=args.seed,
                       features=args.features, device=args.device or "auto", record=args.record,
-                      truncation=args.truncation)
+                      truncation=args.truncation, inception_weights=args.inception_weights,
+                      max_real=args.max_real)
     text = json.dumps(report, indent=2)
     if args.json:
         from models.checkpoint import atomic_write
@@ -162,8 +163,13 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="measure a checkpoint against the real test set")
     e.add_argument("checkpoint")
-    e.add_argument("--classifier", default=None, help="domain classifier checkpoint (default: bundled one)")
-    e.add_argument("--features", default="domain", choices=["domain", "inception"])
+    e.add_argument("--classifier", default=None, help="domain classifier checkpoint (default: the run's own, "
+                                                      "else the bundled one for the dataset)")
+    e.add_argument("--features", default="domain", choices=["domain", "inception"],
+                   help="FID/KID feature space: the domain classifier, or standard Inception-v3 (needs .[fid])")
+    e.add_argument("--inception-weights", default=None, help="Inception-v3 weights file (default: "
+                   "$GANFORGE_INCEPTION_WEIGHTS or ~/.cache/ganforge/weights-inception-2015-12-05-6726825d.pth)")
+    e.add_argument("--max-real", type=int, default=10_000, help="real test images compared (a seeded subset)")
     e.add_argument("--per-class", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--truncation", type=float, default=None)
