@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import DomainClassifier, DomainClassifierConfig, save
+from models.checkpoint import CLASSIFIER, NORMALIZATION, build_metadata
 from models.sampling import pick_device
 
-from .data import NORMALIZATION, ImageData
+from .data import ImageData
 from .datasets import ImageDataset, TensorImages, check_size, open_dataset
 from .loader import GlobalBatchSampler, batches, collate, default_workers, make_loader
 
@@ -88,10 +89,9 @@ def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, ou
     acc = accuracy(model, test)
     report = {"test_accuracy": acc, "num_test": len(test), "num_train": len(train), "batch_size": batch,
               "steps": steps, "epochs": round(steps * batch / len(train), 2), "seconds": round(time.time() - start, 1)}
-    meta = {"kind": "classifier", "class_names": train.class_names, "img_resolution": h,
-            "img_channels": cfg.img_channels, "native_size": [h, w], "normalization": NORMALIZATION,
-            "provenance": {"dataset": dataset, "root": root, "split": "train", "seed": seed, "steps": steps,
-                           "batch_size": batch, "resolution": resolution, "fit": fit},
-            "metrics": report}
+    meta = build_metadata(CLASSIFIER, train.class_names, h, cfg.img_channels, [h, w],
+                          provenance={"dataset": dataset, "root": root, "split": "train", "seed": seed,
+                                      "steps": steps, "batch_size": batch, "resolution": resolution, "fit": fit},
+                          metrics=report)
     save(model, out, meta)
     return report
