@@ -215,9 +215,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import Interrupted
+
     args = parser().parse_args(argv)
     try:
         args.func(args)
+    except Interrupted as e:  # a signal stopped training at a step boundary, after the resume state
+        print(f"ganforge {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"ganforge {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -16,11 +16,13 @@ from models import ARCHITECTURES
 
 from .data import DATASETS
 from .diffaugment import AUGMENTATIONS
+from .distributed import BATCHNORM_MODES
 from .losses import LOSSES
 from .paired import FORMATS as PAIRED_FORMATS
 
 DIRECTIONS = ("AtoB", "BtoA")
 COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
+RESUME_MODES = (False, True, "auto")  # TrainConfig.resume
 CHANNELS = (1, 3)
 
 
@@ -103,12 +105,21 @@ class TrainConfig:
     collapse_warmup: int = 1000
     collapse_arm: float = 0.8  # the hysteresis: a ratio that counts as "was varied" before the warm-up
     classifier: str | None = None  # domain classifier checkpoint for the collapse check
+    # Several processes (torchrun; docs/distributed.md). batch_size above is the global batch.
+    batchnorm: str = "sync"  # sync: BatchNorm statistics of the global batch | per-rank: of each rank's rows
+    resume: bool | str = False  # true: continue from workdir's state (must exist) | auto: if there is one
+    dist_timeout_minutes: float = 10.0  # how long a collective waits for a missing rank before failing
 
     def __post_init__(self) -> None:
         _one_of("loss", self.loss, LOSSES)
         for name in filter(None, (p.strip() for p in self.diffaugment.split(","))):
             _one_of("diffaugment", name, sorted(AUGMENTATIONS))
         _one_of("collapse_action", self.collapse_action, COLLAPSE_ACTIONS)
+        _one_of("batchnorm", self.batchnorm, BATCHNORM_MODES)
+        _one_of("resume", self.resume, RESUME_MODES)
+        if isinstance(self.dist_timeout_minutes, bool) or not (isinstance(self.dist_timeout_minutes, (int, float))
+                                                                and self.dist_timeout_minutes > 0):
+            raise ValueError(f"dist_timeout_minutes must be a number > 0, got {self.dist_timeout_minutes!r}")
         for section in ("generator", "discriminator"):
             arch = getattr(self, section).get("architecture")
             _one_of(f"{section}.architecture", arch, sorted(ARCHITECTURES))

@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -145,10 +146,77 @@ def process_group(device: torch.device, timeout_minutes: float = 10.0) -> Iterat
             dist.destroy_process_group()
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """The seed of rank `rank`'s own random stream (augmentation, dropout). Rank 0 keeps the run's stream,
-    so one process is unchanged; other ranks get distinct, deterministic streams."""
-    return seed if rank == 0 else (seed * 1_000_003 + 7_919 * rank) % (2**63 - 1)
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of rank `rank`'s own random stream (augmentation, dropout) from step `step` on. Rank 0 keeps
+    the run's stream, so one process is unchanged; other ranks get distinct, deterministic streams."""
+    return seed if rank == 0 and step == 0 else (seed * 1_000_003 + 7_919 * rank + 104_729 * step) % (2**63 - 1)
+
+
+def seed_rank_stream(seed: int, d: Dist) -> None:
+    """Give rank > 0 its own global random stream (called after the models were built from the run's seed,
+    so the models are the same on every rank before DDP even broadcasts them)."""
+    if d.rank:
+        torch.manual_seed(rank_seed(seed, d.rank))
+
+
+def rng_snapshot(d: Dist) -> dict[str, Any]:
+    """Every rank's global random state, for the resume state (collective: every rank calls it)."""
+    states = d.gather(torch.get_rng_state())
+    return {"rng": states[0], "rng_other_ranks": states[1:]}
+
+
+def rng_restore(state: dict[str, Any], d: Dist, seed: int, step: int) -> None:
+    """This rank's random state from a resume state written by any number of ranks: its own saved stream
+    when the writing run had this rank, else a fresh stream derived from (seed, rank, step)."""
+    saved = [state["rng"], *state.get("rng_other_ranks", [])]
+    if d.rank < len(saved):
+        torch.set_rng_state(saved[d.rank])
+    else:
+        torch.manual_seed(rank_seed(seed, d.rank, step))
+
+
+def read_state(path: Path, d: Dist, required: bool) -> dict[str, Any] | None:
+    """The resume state at `path`, read by rank 0 and broadcast (the other ranks need no copy of the
+    workdir); None when there is none and it is not `required`. Every rank raises the same error."""
+    found: Any = None
+    if d.main:
+        if path.exists():
+            found = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
+        elif required:
+            found = f"--resume: no resume state at {path}"
+    found = d.broadcast(found)
+    if isinstance(found, str):
+        raise FileNotFoundError(found)
+    return found
+
+
+class MainWrites:
+    """Runs rank 0's file writes (grids, TensorBoard, collapse log, state). With several ranks an exception
+    is kept instead of raised, and `check()` (called by every rank at the same step) makes all of them raise
+    it: the other ranks would otherwise wait in their next collective for a rank 0 that is gone."""
+
+    def __init__(self, d: Dist):
+        self.d, self.error = d, None
+
+    def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.d.main:
+            return None
+        if not self.d.enabled:
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank by check()
+            self.error = self.error or e
+            return None
+
+    def check(self, failed: bool) -> None:
+        """`failed`: the agreed flag (any rank's `self.error is not None`)."""
+        if not failed:
+            return
+        message = self.d.broadcast(f"{type(self.error).__name__}: {self.error}" if self.error else None)
+        if self.error is not None:
+            raise self.error
+        raise RuntimeError(f"rank 0 failed, stopping rank {self.d.rank}: {message}")
 
 
 def wrap(module: nn.Module, d: Dist) -> nn.Module:
@@ -183,21 +251,23 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch across all ranks (SyncBatchNorm,
-    which in torch needs CUDA; this one runs on any backend, gloo included). Same parameters, buffers and
-    state-dict keys as nn.BatchNorm2d; in eval mode, or alone, it is nn.BatchNorm2d.
+class _GlobalStatistics:
+    """BatchNorm whose training statistics are those of the global batch across all ranks (SyncBatchNorm,
+    which in torch needs CUDA; this runs on any backend, gloo included). Same parameters, buffers and
+    state-dict keys as the BatchNorm it extends; in eval mode, or alone, it is that BatchNorm.
 
     mean = sum_r sum(x_r) / N, var = sum_r sum(x_r^2) / N - mean^2 (sums in float64 against cancellation),
-    N = all ranks' elements per channel; running_var gets the unbiased var * N / (N - 1), as BatchNorm2d."""
+    N = all ranks' elements per channel; running_var gets the unbiased var * N / (N - 1), as BatchNorm does."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        # x: (B, C, H, W) -> per-channel [sum, sum of squares, count] over this rank, then over all ranks
+        # x: (B, C, *spatial); statistics per channel over the batch and spatial dims of every rank
+        dims = [0, *range(2, x.dim())]
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
         xd = x.double()
         count = torch.full((1,), float(x.numel() // x.shape[1]), dtype=torch.float64, device=x.device)
-        stats = _AllReduceSum.apply(torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), count]))
+        stats = _AllReduceSum.apply(torch.cat([xd.sum(dims), (xd * xd).sum(dims), count]))
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
@@ -208,19 +278,30 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).to(self.running_var.dtype), momentum)
-        y = (x.float() - mean.float()[None, :, None, None]) * torch.rsqrt(var.float() + self.eps)[None, :, None, None]
+        y = (x.float() - mean.float().view(shape)) * torch.rsqrt(var.float() + self.eps).view(shape)
         if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+            y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
 
 
+class GlobalBatchNorm1d(_GlobalStatistics, nn.BatchNorm1d):
+    pass
+
+
+class GlobalBatchNorm2d(_GlobalStatistics, nn.BatchNorm2d):
+    pass
+
+
+GLOBAL_BATCHNORM = {nn.BatchNorm1d: GlobalBatchNorm1d, nn.BatchNorm2d: GlobalBatchNorm2d}
+
+
 def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Make every BatchNorm2d in `module` a GlobalBatchNorm2d, in place. The class of each layer is swapped
-    to the subclass (as torch.nn.utils.parametrize does), so its parameters, buffers, device and state-dict
-    keys stay the very same objects and the EMA copy's parameter/buffer order does not change."""
+    """Make every BatchNorm1d/2d in `module` its global-statistics subclass, in place. The class of each
+    layer is swapped (as torch.nn.utils.parametrize does), so its parameters, buffers, device and
+    state-dict keys stay the very same objects and the EMA copy's parameter/buffer order does not change."""
     for m in module.modules():
-        if type(m) is nn.BatchNorm2d:
-            m.__class__ = GlobalBatchNorm2d
+        if type(m) in GLOBAL_BATCHNORM:
+            m.__class__ = GLOBAL_BATCHNORM[type(m)]
     return module
 
 

@@ -55,8 +55,12 @@ class ConditionalTask:
         return self.data.labels[idx].to(self.device), prepare(self.data.images[idx], self.cfg.data.resolution).to(
             self.device)
 
-    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(len(cond), G.z_dim, generator=noise_gen).to(self.device)
+    def noise(self, G: nn.Module, noise_gen: torch.Generator, rows: slice) -> torch.Tensor:
+        """z for this rank's `rows` of the global batch, drawn for the whole global batch from the stream all
+        ranks share: the ranks get distinct z, and the run draws the same z on any world size."""
+        return torch.randn(self.cfg.batch_size, G.z_dim, generator=noise_gen)[rows].to(self.device)
+
+    def fake(self, G: nn.Module, cond: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return G(z, cond), z
 
     def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -108,8 +112,11 @@ class TranslationTask:
         source, target = self.data.batch(idx, self.cfg.data.resolution)
         return source.to(self.device), target.to(self.device)
 
-    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, None]:
-        return G(cond), None  # dropout is the noise source
+    def noise(self, G: nn.Module, noise_gen: torch.Generator, rows: slice) -> None:
+        return None  # dropout is the noise source
+
+    def fake(self, G: nn.Module, cond: torch.Tensor, z: None) -> tuple[torch.Tensor, None]:
+        return G(cond), None
 
     def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: None) -> torch.Tensor:
         return self.cfg.l1_weight * F.l1_loss(fake.float(), real.float())

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -47,13 +48,20 @@ def spawn_ranks(fn: Callable, world: int = 2, args: tuple = (), timeout: float =
         p.start()
     results: dict[int, Any] = {}
     errors: list[str] = []
+    deadline = time.monotonic() + timeout
     try:
-        for _ in range(world):
+        while len(results) + len(errors) < world:
             try:
-                rank, status, value = queue.get(timeout=timeout)
+                rank, status, value = queue.get(timeout=1.0)
             except queue_module.Empty:
-                errors.append(f"timed out after {timeout} s waiting for a rank")
-                break
+                if time.monotonic() > deadline:
+                    errors.append(f"timed out after {timeout} s waiting for a rank")
+                    break
+                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in results]
+                if dead and queue.empty():
+                    errors.append(f"rank(s) {dead} exited with {[procs[r].exitcode for r in dead]} before reporting")
+                    break
+                continue
             if status == "ok":
                 results[rank] = torch.load(io.BytesIO(value), weights_only=False)
             else:

@@ -25,7 +25,12 @@ def _checks(x: torch.Tensor) -> dict:
         return {"rank": d.rank, "world": d.world_size, "backend": d.backend, "shard": d.shard(8),
                 "agree": d.agree([d.rank, 5 - d.rank, 0]), "mean": d.mean([float(d.rank)]),
                 "broadcast": d.broadcast({"from": d.rank}), "gather": d.gather(d.rank * 10),
-                "bn": _batchnorm(d, x), "sn": _spectral_norm_buffers(d)}
+                "bn": _batchnorm(d, x), "bn1d": _batchnorm_1d(d, x), "sn": _spectral_norm_buffers(d)}
+
+
+def _batchnorm_1d(d: Dist, x: torch.Tensor) -> torch.Tensor:
+    bn = sync_batchnorm(nn.Sequential(nn.BatchNorm1d(48)))[0]
+    return bn(x.flatten(1)[d.shard(len(x))]).detach()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +101,8 @@ def test_global_batchnorm_on_two_ranks_is_batchnorm_of_the_whole_batch(ranks):
     assert torch.allclose(torch.cat([r0["y"], r1["y"]]), y.detach(), atol=1e-5)
     assert torch.allclose(torch.cat([r0["gx"], r1["gx"]]), xr.grad, atol=1e-6)
     assert torch.allclose(r0["gw"], ref.weight.grad, atol=1e-5)
+    y1 = nn.BatchNorm1d(48)(x.flatten(1)).detach()  # (B, C) inputs: BatchNorm1d, as in the MLP models
+    assert torch.allclose(torch.cat([ranks[0]["bn1d"], ranks[1]["bn1d"]]), y1, atol=1e-5)
     for r in (r0, r1):  # running statistics: those of the whole batch, on every rank
         assert torch.allclose(r["mean"], ref.running_mean, atol=1e-6)
         assert torch.allclose(r["var"], ref.running_var, atol=1e-5)
