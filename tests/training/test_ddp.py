@@ -13,10 +13,13 @@ import pytest
 import torch
 import yaml
 
-from models import load
+from models import build, load
+from models.checkpoint import CONDITIONAL
 from tests.training.helpers import shapes_classifier, tiny_run, train_tiny
 from tests.training.multiproc import PROJECT_ROOT, free_port, torchrun
+from training.config import from_dict
 from training.loader import GlobalBatchSampler
+from training.tasks import TASKS
 
 # A few steps of the tiny run, small enough to repeat in several processes; batchnorm: sync makes the
 # global batch's statistics those of the one-process run.
@@ -60,10 +63,14 @@ def update_diff(a: dict, b: dict, init: dict) -> float:
 
 @pytest.fixture(scope="module")
 def initial(tmp_path_factory) -> dict:
-    """The resume state at step 0: the weights every run of SHORT starts from (they depend on the seed only)."""
-    tmp = tmp_path_factory.mktemp("init")
-    train_tiny(tmp, **{**SHORT, "steps": 0})
-    return read_state(tmp / "run")
+    """The weights every run of SHORT starts from, built as the loop builds them (from the seed alone)."""
+    cfg = from_dict(tiny_run(tmp_path_factory.mktemp("init"), **SHORT))
+    torch.manual_seed(cfg.seed)
+    g_common, d_common = TASKS[CONDITIONAL](cfg, torch.device("cpu")).arch_defaults()
+    g_cfg, d_cfg = dict(cfg.generator), dict(cfg.discriminator)
+    G = build(g_cfg.pop("architecture"), {**g_cfg, **g_common})
+    D = build(d_cfg.pop("architecture"), {**d_cfg, **d_common})
+    return {"G": G.state_dict(), "D": D.state_dict()}
 
 
 @pytest.fixture(scope="module")
@@ -176,16 +183,17 @@ def test_resume_on_another_world_size_continues_the_run(tmp_path, initial, first
 
 
 def worker_pids(parent: int) -> dict[int, int]:
-    """RANK -> pid of the training processes below torchrun's process `parent`."""
+    """RANK -> pid of the training processes torchrun (process `parent`) started."""
     out: dict[int, int] = {}
-    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-        except FileNotFoundError:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            env = (stat.parent / "environ").read_bytes().split(b"\0") if ppid == parent else []
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
             continue
         rank = [e for e in env if e.startswith(b"RANK=")]
         if rank:
-            out[int(rank[0][5:])] = int(child)
+            out[int(rank[0][5:])] = int(stat.parent.name)
     return out
 
 
