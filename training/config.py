@@ -19,6 +19,9 @@ class DataConfig:
     paired: str | None = None
     source_channels: int | None = None  # for 'aligned'/'folders' sources; None: same as channels
     direction: str = "AtoB"
+    fit: str = "crop"  # imagefolder, non-square files: crop (shorter side to R, centre crop) | squash | pad
+    hflip: bool | None = None  # random horizontal flips; None: the dataset's default (on for cifar10/imagefolder)
+    workers: int | None = None  # DataLoader worker processes; None: 0 for in-memory data, else up to 4
 
 
 @dataclass
@@ -61,7 +64,10 @@ class TrainConfig:
     # early on an untrained G has not learned to use z yet, and its low diversity is not a collapse.
     collapse_warmup: int = 1000
     collapse_arm: float = 0.8  # the hysteresis: a ratio that counts as "was varied" before the warm-up
-    classifier: str | None = None  # domain classifier checkpoint for the collapse check
+    # Domain classifier checkpoint for the collapse check and `evaluate`; "auto": train one on the run's data
+    # into {workdir}/classifier before the GAN (reused when present). None: the bundled one for the dataset,
+    # if any; without one the collapse check is skipped with a warning.
+    classifier: str | None = None
 
 
 def _set(obj: dict[str, Any], dotted: str, value: Any) -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -25,33 +25,15 @@ from models.checkpoint import atomic_write, to_device
 from models.sampling import generate, grid, pick_device, to_uint8
 
 from .config import TrainConfig, to_dict, write_config
-from .data import NORMALIZATION, geometry, load_dataset
+from .data import NORMALIZATION, geometry, prepare
+from .datasets import materialize, open_dataset
+from .loader import GlobalBatchSampler, batches, make_loader, step_draws
 from .diffaugment import diff_augment
 from .losses import feature_matching, get_loss
 from .regularizers import gradient_penalty, mode_seeking_loss, r1_penalty
 from .sample import save_png
 
 STATE_NAME = "state.pt"
-
-
-class BatchSampler:
-    """Deterministic shuffled batches: draw k covers positions k*B..(k+1)*B-1 of an endless sequence of
-    per-epoch permutations seeded by (seed, epoch), so a resumed run sees exactly the same batches."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
-        return self._perm
-
-    def indices(self, draw: int) -> torch.Tensor:
-        pos = torch.arange(draw * self.batch_size, (draw + 1) * self.batch_size)
-        epochs, offsets = pos // self.n, pos % self.n
-        return torch.stack([self._permutation(int(e))[o] for e, o in zip(epochs, offsets)])
 
 
 @torch.no_grad()
@@ -109,22 +91,24 @@ class ConditionalTask:
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.data = load_dataset(cfg.data.name, "train", cfg.data.root, cfg.data.resolution, cfg.data.channels)
+        d = cfg.data
+        self.data = open_dataset(d.name, "train", d.root, d.resolution, d.channels, d.fit)  # streamed from disk
         self.num_classes = len(self.data.class_names)
+        self.hflip = self.data.hflip if d.hflip is None else d.hflip
 
     def __len__(self) -> int:
         return len(self.data)
 
     def arch_defaults(self) -> tuple[dict[str, Any], dict[str, Any]]:
         common = {"num_classes": self.num_classes, "img_resolution": self.cfg.data.resolution,
-                  "img_channels": int(self.data.images.shape[1])}
+                  "img_channels": self.data.channels}
         return common, common
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from .data import prepare
-
-        return self.data.labels[idx].to(self.device), prepare(self.data.images[idx], self.cfg.data.resolution).to(
-            self.device)
+    def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(labels, images in [-1, 1] at the model resolution) for the sampler's draws, decoded in workers."""
+        loader = make_loader(self.data, sampler, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
+        for images, labels in batches(loader):
+            yield labels.to(self.device), prepare(images, self.cfg.data.resolution).to(self.device)
 
     def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(len(cond), G.z_dim, generator=noise_gen).to(self.device)
@@ -144,7 +128,7 @@ class ConditionalTask:
     def metadata(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
         _, native = geometry(self.data.native_size, self.cfg.data.resolution)
         return {"kind": self.kind, "class_names": self.data.class_names,
-                "img_resolution": self.cfg.data.resolution, "img_channels": int(self.data.images.shape[1]),
+                "img_resolution": self.cfg.data.resolution, "img_channels": self.data.channels,
                 "native_size": native, "normalization": NORMALIZATION,
                 "provenance": _provenance(self.cfg, step, extra), "metrics": {}}
 
@@ -178,9 +162,16 @@ class TranslationTask:
                   "img_resolution": self.cfg.data.resolution}
         return common, common
 
+    hflip = False  # a flip would have to apply to both images of a pair
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         source, target = self.data.batch(idx, self.cfg.data.resolution)
         return source.to(self.device), target.to(self.device)
+
+    def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(source, target) for the sampler's draws; the pairs are in memory, so no worker processes."""
+        for keys in sampler:
+            yield self.batch(torch.tensor([i for i, _ in keys], dtype=torch.long))
 
     def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, None]:
         return G(cond), None  # dropout is the noise source
@@ -189,7 +180,7 @@ class TranslationTask:
         return self.cfg.l1_weight * F.l1_loss(fake.float(), real.float())
 
     def recalibrate(self, G: nn.Module, batches: int) -> None:
-        sampler = BatchSampler(len(self.data), 64, self.cfg.seed + 7)
+        sampler = GlobalBatchSampler(len(self.data), min(64, len(self.data)), self.cfg.seed + 7)
         recalibrate_batchnorm(G, lambda i: (self.batch(sampler.indices(i))[0],), batches)
 
     def metadata(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -227,16 +218,17 @@ class CollapseMonitor:
     from alarming), or at any check from step `collapse_warmup` on (it never became varied). Before that,
     low diversity is how every generator starts: it has not learned to use z yet."""
 
-    def __init__(self, cfg: TrainConfig, task: ConditionalTask, device: torch.device, per_class: int = 64):
+    def __init__(self, cfg: TrainConfig, task: ConditionalTask, device: torch.device, classifier: Path,
+                 per_class: int = 64):
         from models import load
 
-        from .evaluate import default_classifier, embed
+        from .evaluate import embed
 
         self.cfg, self.task, self.per_class = cfg, task, per_class
-        self.classifier, _ = load(cfg.classifier or default_classifier(cfg.data.name), device)
+        self.classifier, _ = load(classifier, device)
         data = task.data
         idx = torch.cat([torch.nonzero(data.labels == c).flatten()[:per_class] for c in range(task.num_classes)])
-        self.real_feats, _ = embed(self.classifier, data.images[idx])
+        self.real_feats, _ = embed(self.classifier, materialize(data, idx, cfg.data.workers).images)
         self.real_labels = data.labels[idx]
         self.labels = torch.arange(task.num_classes).repeat_interleave(per_class)
         self.seeds = (10_000_000 + torch.arange(len(self.labels))).tolist()  # fixed, apart from grid seeds
@@ -257,6 +249,35 @@ class CollapseMonitor:
         feats, _ = embed(self.classifier, as_nchw(to_uint8(generate(G_ema, self.labels.tolist(), self.seeds), meta)))
         div = class_diversity(feats, self.labels, self.real_feats, self.real_labels, self.task.num_classes)
         return {name: d["ratio"] for name, d in zip(self.task.data.class_names, div)}
+
+
+def domain_classifier(cfg: TrainConfig, task: ConditionalTask, device: torch.device) -> Path | None:
+    """The run's domain classifier (collapse check, `evaluate`): `classifier: auto` trains one on the run's
+    data into {workdir}/classifier unless it is there; a path must exist; None falls back to the bundled
+    classifier for the dataset, or None when there is none."""
+    from .evaluate import default_classifier
+
+    if cfg.classifier == "auto":
+        out = Path(cfg.workdir) / "classifier"
+        if not (out / "model.safetensors").is_file():
+            from .classifier import train_classifier
+
+            d = cfg.data
+            print(f"training the domain classifier into {out} (classifier: auto)", file=sys.stderr)
+            report = train_classifier(d.name, d.root, str(out), seed=cfg.seed, device=str(device),
+                                      channels=task.data.channels, resolution=d.resolution, fit=d.fit,
+                                      workers=d.workers)
+            print(f"domain classifier test accuracy {report['test_accuracy']:.3f}", file=sys.stderr)
+        return out
+    if cfg.classifier:
+        if not Path(cfg.classifier).is_dir():
+            raise FileNotFoundError(f"classifier {cfg.classifier}: no such checkpoint folder (use a path from "
+                                    "`ganforge train-classifier`, or classifier: auto)")
+        return Path(cfg.classifier)
+    try:
+        return default_classifier(cfg.data.name)
+    except ValueError:
+        return None
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -284,17 +305,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     d_loss_fn, g_loss_fn = get_loss(cfg.loss)
     adversarial = cfg.adversarial_weight > 0
-    sampler = BatchSampler(len(task), cfg.batch_size, cfg.seed)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and device.type == "cuda") else nullcontext()
     aug = lambda x: diff_augment(x, cfg.diffaugment)  # noqa: E731
     step, images_seen, train_seconds = 0, 0, 0.0
 
+    classifier = domain_classifier(cfg, task, device) if task.kind == "conditional" else None
     monitor = None
     if cfg.collapse_check_every > 0:
         if task.kind != "conditional":
             raise ValueError("collapse_check_every needs a class-conditional run")
-        monitor = CollapseMonitor(cfg, task, device)
+        if classifier is None:
+            print(f"warning: mode-collapse check off: no domain classifier for dataset {cfg.data.name!r} "
+                  "(set classifier: auto to train one on the run's data, or a checkpoint path)", file=sys.stderr)
+        else:
+            monitor = CollapseMonitor(cfg, task, device, classifier)
 
     state_path = workdir / STATE_NAME
 
@@ -335,6 +360,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True, mininterval=2)
     penalty = loss_d = r = f = torch.zeros(())
+    # the global batches of steps step..steps-1 (a function of seed and step: resume reads the same data)
+    sampler = GlobalBatchSampler(len(task), cfg.batch_size, cfg.seed, hflip=task.hflip,
+                                 draws=step_draws(step, cfg.steps, cfg.d_steps, adversarial))
+    data_iter = task.batches(sampler)
     while step < cfg.steps:
         if budget is not None and time.time() - start >= budget:
             stop_reason = "time budget"
@@ -343,9 +372,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr * scale
+        step_batches = [next(data_iter) for _ in range(cfg.d_steps if adversarial else 1)]
         # --- discriminator step(s) ---
         for k in range(cfg.d_steps if adversarial else 0):
-            cond, real = task.batch(sampler.indices(step * cfg.d_steps + k))
+            cond, real = step_batches[k]
             with amp:
                 with torch.no_grad():
                     fake, _ = task.fake(G, cond, noise_gen)
@@ -362,7 +392,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             (loss_d + penalty).backward()
             opt_d.step()
         # --- generator step (same conditions as the first D step: real label frequencies / real sources) ---
-        cond, real = task.batch(sampler.indices(step * cfg.d_steps))
+        cond, real = step_batches[0]
         with amp:
             fake, z = task.fake(G, cond, noise_gen)
             loss_fm = torch.zeros((), device=device)
@@ -428,6 +458,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     task.recalibrate(G_ema, batches=32)
     meta = task.metadata(step, {
+        "classifier": str(classifier) if classifier is not None else None,
         "images_seen": images_seen, "train_seconds": round(train_seconds, 1),
         "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1),
         "stopped_early": stop_reason, "device": str(device)})
