@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from models import load, save
+from models.checkpoint import CLASSIFIER, CONDITIONAL, GENERATOR_KINDS, IMAGE_TO_IMAGE
 from models.sampling import pick_device
 
 from .classifier import normalize
@@ -197,7 +198,7 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     dataset = meta.get("provenance", {}).get("dataset", "fashion-mnist")
     clf_path = Path(classifier) if classifier else default_classifier(dataset, meta)
     clf, clf_meta = load(clf_path, dev)
-    if clf_meta.get("kind") != "classifier":
+    if clf_meta.get("kind") != CLASSIFIER:
         raise ValueError(f"{clf_path} is not a classifier checkpoint (kind={clf_meta.get('kind')!r})")
     fake = as_nchw(images)
     if list(fake.shape[1:]) != [clf_meta["img_channels"], *clf_meta["native_size"]]:
@@ -226,7 +227,7 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     real_per_class = torch.bincount(test.labels, minlength=len(names)).tolist()
     return {
         "checkpoint": str(checkpoint),
-        "kind": "conditional",
+        "kind": CONDITIONAL,
         "dataset": dataset,
         "feature_space": feature_space_name(features, clf_path, inception_weights),
         "feature_space_other_metrics": f"domain classifier {clf_path}",  # accuracy, precision/recall, diversity
@@ -282,7 +283,7 @@ def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: i
     dataset = prov.get("dataset")
     root = (prov.get("config") or {}).get("data", {}).get("root")
     arrays = translate_dataset(checkpoint, dataset, "test", root, limit=limit, device=device)
-    report: dict[str, Any] = {"checkpoint": str(checkpoint), "kind": "image-to-image",
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "kind": IMAGE_TO_IMAGE,
                               "derivation": meta["task"].get("derivation"), "num_images": len(arrays["outputs"]),
                               **pixel_metrics(arrays["outputs"], arrays["targets"])}
     if arrays["inputs"].shape == arrays["targets"].shape:
@@ -323,14 +324,14 @@ def evaluate(checkpoint: str, classifier: str | None = None, per_class: int = 10
     if features not in ("domain", "inception"):
         raise ValueError(f"features must be 'domain' or 'inception', got {features!r}")
     kind = read_metadata(checkpoint).get("kind")
-    if kind == "conditional":
+    if kind == CONDITIONAL:
         report = evaluate_conditional(checkpoint, classifier, per_class, seed, features, device, truncation,
                                       max_real, inception_weights)
-    elif kind == "image-to-image":
+    elif kind == IMAGE_TO_IMAGE:
         report = evaluate_translation(checkpoint, classifier, seed, features, device,
                                       inception_weights=inception_weights)
     else:
-        raise ValueError(f"cannot evaluate a {kind!r} checkpoint; supported: ['conditional', 'image-to-image']")
+        raise ValueError(f"cannot evaluate a {kind!r} checkpoint; supported: {list(GENERATOR_KINDS)}")
     if record:
         module, meta = load(checkpoint)
         meta["metrics"] = {k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "seed"}
