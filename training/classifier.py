@@ -94,10 +94,10 @@ def fit_classifier(model: DomainClassifier, batches: Iterable[tuple[torch.Tensor
 def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, out: str = "runs/classifier",
                      epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
                      device: str = "auto", channels: int | None = None, resolution: int = 64, fit: str = "crop",
-                     workers: int | None = None, min_steps: int = 100) -> dict:
+                     workers: int | None = None, min_steps: int = 100, steps: int | None = None) -> dict:
     """Train a DomainClassifier on `dataset`'s train split (streamed; `resolution`/`fit` apply to image
     folders), report test accuracy, save a checkpoint to `out`. Batch and steps scale with the data (see
-    `scaled_schedule`); fewer than 2 classes or 10 training images, or an empty test split, is a ValueError."""
+    `scaled_schedule`; `steps` overrides the count); fewer than 2 classes or 10 training images, or an empty test split, is a ValueError."""
     torch.manual_seed(seed)
     dev = pick_device(device)
     train = open_dataset(dataset, "train", root, resolution, channels, fit)
@@ -109,7 +109,8 @@ def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, ou
     cfg = DomainClassifierConfig(num_classes=len(train.class_names), img_resolution=h,
                                  img_channels=train.channels, width=width)
     model = DomainClassifier(cfg).to(dev)
-    batch, steps = scaled_schedule(len(train), batch_size, epochs, min_steps)
+    batch, scaled = scaled_schedule(len(train), batch_size, epochs, min_steps)
+    steps = steps or scaled
     gen = torch.Generator().manual_seed(seed)
     # per-epoch shuffles in whole batches, decoded in DataLoader workers (the same sampler as GAN training)
     loader = make_loader(train, GlobalBatchSampler(len(train), batch, seed, draws=range(steps)), workers)

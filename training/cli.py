@@ -23,7 +23,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
     out = args.out or f"runs/{args.dataset.replace('-', '_')}_classifier"
     report = train_classifier(args.dataset, args.root, out, epochs=args.epochs, batch_size=args.batch_size,
                               width=args.width, seed=args.seed, device=args.device or "auto",
-                              resolution=args.resolution, fit=args.fit, workers=args.workers)
+                              resolution=args.resolution, fit=args.fit, workers=args.workers, steps=args.steps)
     report["checkpoint"] = out
     print(json.dumps(report))
 
@@ -156,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
                                                "bundled checkpoints/ are never the default)")
     c.add_argument("--epochs", type=int, default=8, help="passes over the data (at least 100 steps are run)")
     c.add_argument("--batch-size", type=int, default=128, help="at most; small data uses a quarter of itself")
+    c.add_argument("--steps", type=int, default=None, help="optimiser steps (default: --epochs passes, >= 100)")
     c.add_argument("--resolution", type=int, default=64, help="imagefolder: the GAN's resolution (64)")
     c.add_argument("--fit", default="crop", choices=["crop", "squash", "pad"], help="imagefolder: non-square images")
     c.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
