@@ -10,13 +10,12 @@ Concurrent /generate and /generate_image requests are merged: each is cut into o
 to the adaptive batcher BentoML runs for the batchable `render_batch` API (in process, see `_render`), which
 merges items from concurrent requests into one generator forward pass of at most GANFORGE_MAX_BATCH_SIZE
 images. Public APIs are `async` and only validate and wait, so the worker's `threads` go to the model.
-Augmentation jobs render through the same `runtime.render` in a background thread that gives way to
+Augmentation jobs render through the same `served.render` in a background thread that gives way to
 online requests between its small batches (service/jobs.py). Settings come from GANFORGE_* variables
 (service/config.py).
 """
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import math
@@ -31,12 +30,15 @@ from PIL import Image
 from pydantic import Strict
 from starlette.concurrency import run_in_threadpool
 
-from models.augment import AugmentJob, resolve_counts
-from models.sampling import MAX_SEED, class_index, grid, image_shape
+from augment import AugmentJob, JobSpecError, resolve_counts
+from models.checkpoint import image_geometry
+from models.sampling import class_index, grid, image_shape
 
-from . import runtime
+from . import bentoml_internals, codec, uploads, watchdog
+from .gate import OnlineGate
+from .served import KINDS, Served, load_served, render, translate, verify
 from .config import SETTINGS, jobs_root
-from .jobs import JobManager, JobNotFound, JobNotReady, TooManyJobs
+from .jobs import JobConflict, JobManager, JobNotFound, JobNotReady, StorageFull, TooManyJobs
 from .limits import RequestLimits
 from .schemas import (
     AugmentRequest,
@@ -44,7 +46,9 @@ from .schemas import (
     GenerateImageRequest,
     GenerateRequest,
     GenerateResponse,
+    JobDeleted,
     JobList,
+    JobPage,
     JobRef,
     JobStatus,
     ModelInfo,
@@ -61,6 +65,11 @@ MULTIPART_OVERHEAD = 64 << 10  # form fields and part headers around the uploade
 GC_THRESHOLDS = (50_000, 50, 1000)  # Python's defaults are (700, 10, 10)
 # BentoML packs (`bentoml build`) the models it finds as class attributes; which ones is configuration.
 MODEL_REFS = {name: bentoml.models.BentoModel(f"{name}:latest") for name in SETTINGS.models}
+# Every process that imports the service checks the weights it will serve against their recorded sha256, so
+# `bentoml serve` itself exits non-zero with the message (model, both hashes) before it starts any worker,
+# instead of its workers failing and being restarted forever (issue 16.17/18).
+for _name, _ref in MODEL_REFS.items():
+    verify(_name, _ref.stored)
 
 
 def _declare_models(cls: type) -> type:
@@ -79,14 +88,23 @@ def _declare_models(cls: type) -> type:
 @_declare_models
 class Generator:
     def __init__(self) -> None:
-        self.served: dict[str, runtime.Served] = {}
+        worker = bentoml_internals.in_worker()
+        if worker:
+            watchdog.exit_with_parent()  # workers run in their own session: end them when the server is gone
+        self.served: dict[str, Served] = {}
         for name, ref in MODEL_REFS.items():
-            self.served[name] = runtime.load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
+            try:
+                self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
+            except Exception as e:
+                if worker:  # BentoML would restart this worker every ~10 s, forever
+                    watchdog.stop_server(f"cannot serve model {name!r}: {type(e).__name__}: {e}")
+                raise
             s = self.served[name]
             logger.info("serving %s (%s) on %s as %s", s.tag, s.kind, s.device, s.dtype)
-        self.gate = runtime.OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way
+        self.gate = OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way
         self.jobs = JobManager(jobs_root(SETTINGS), self.served, self.gate, max_active=SETTINGS.job_max_active,
-                               batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000)
+                               batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000,
+                               retention_s=SETTINGS.job_retention_hours * 3600)
         self.jobs.start()  # resumes the jobs an earlier run left unfinished
         # Python's cyclic GC stops every thread while it scans; a full collection over the start-up heap
         # (torch, BentoML, the models) stalled the event loop and the batcher for long enough to double the
@@ -107,10 +125,10 @@ class Generator:
     async def generate(self, request: GenerateRequest, /) -> GenerateResponse:
         """`n` images of one class as base64 PNGs, each with its seed (image i uses seed + i)."""
         served, label, seed, pngs = await self._generate(request, "png")
-        h, w = image_shape(served.meta)[:2]
+        channels, h, w = image_geometry(served.meta)
         return GenerateResponse(
             model=served.name, class_index=label, class_name=served.meta["class_names"][label],
-            truncation=request.truncation, width=w, height=h, channels=int(served.meta.get("img_channels", 1)),
+            truncation=request.truncation, width=w, height=h, channels=channels,
             images=[GeneratedImage(seed=seed + i, png=png) for i, png in enumerate(pngs)])
 
     @bentoml.api
@@ -121,7 +139,7 @@ class Generator:
 
         def assemble() -> Image.Image:
             shape = image_shape(served.meta)
-            images = np.stack([runtime.from_raw_b64(p, shape) for p in pixels])
+            images = np.stack([codec.from_raw_b64(p, shape) for p in pixels])
             picture = images[0] if len(images) == 1 else grid(images, nrow)
             if request.scale > 1:
                 picture = picture.repeat(request.scale, axis=0).repeat(request.scale, axis=1)
@@ -134,10 +152,13 @@ class Generator:
     @bentoml.api(route="/internal/render_batch", batchable=SETTINGS.batching, batch_dim=0,
                  max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def render_batch(self, items: list[RenderItem]) -> list[Optional[str]]:
-        """Internal (called by /generate and /generate_image): one base64 string per item, a PNG or the raw
-        pixels as the item asks; items of one model and truncation share a forward pass. An item naming an
-        unserved model or class gets null, so one bad item sent here by hand cannot fail the other requests
-        merged into its batch."""
+        """Internal (called in process by /generate and /generate_image through the batcher; the middleware
+        answers 404 to /internal/* over HTTP): one base64 string per item, a PNG or the raw pixels as the item
+        asks; items of one model and truncation share a forward pass. An item naming an unserved model or
+        class gets null, so one bad item cannot fail the other requests merged into its batch."""
+        return self._render_items(items)
+
+    def _render_items(self, items: list[RenderItem]) -> list[Optional[str]]:
         out: list[Optional[str]] = [None] * len(items)
         groups: dict[tuple[str, Optional[float]], list[int]] = {}
         for i, item in enumerate(items):
@@ -145,14 +166,14 @@ class Generator:
             if served and served.kind == "conditional" and item.label < len(served.meta["class_names"]):
                 groups.setdefault((item.model, item.truncation), []).append(i)
         for (name, truncation), index in groups.items():
-            images = runtime.render(self.served[name], [items[i].label for i in index],
-                                    [items[i].seed for i in index], truncation)
+            images = render(self.served[name], [items[i].label for i in index],
+                            [items[i].seed for i in index], truncation)
             for i, image in zip(index, images):
-                out[i] = runtime.png_b64(image) if items[i].encoding == "png" else runtime.raw_b64(image)
+                out[i] = codec.png_b64(image) if items[i].encoding == "png" else codec.raw_b64(image)
         return out
 
     async def _generate(self, request: GenerateRequest,
-                        encoding: str) -> tuple[runtime.Served, int, int, list[str]]:
+                        encoding: str) -> tuple[Served, int, int, list[str]]:
         served = self._pick(request.model, "conditional")
         try:
             label = class_index(served.meta["class_names"], request.class_name)
@@ -172,35 +193,18 @@ class Generator:
 
         In a server, the items go straight to the batcher BentoML built for the render_batch route (its
         `CorkDispatcher`, the same queue, limits and `adaptive_batch_size` metric an HTTP call to the route
-        gets), found once through that route. This skips the HTTP round trip a self-call through
-        `self.to_async` costs (serialise, ASGI, middleware, validate, serialise back: several ms of
-        event-loop time per request, which kept the batcher from seeing more than ~2 requests per pass).
-        If a BentoML version lays its app out differently, the self-client is the fallback; called
-        directly (no server), the class renders in the caller's thread. `alone`: no other online request is
-        in flight, so the batcher should not hold this one for company (see `_batch_infer`)."""
+        would get; see service/bentoml_internals.py). Called directly (no server), or if a BentoML version
+        lays its app out differently, the items are rendered in a worker thread, one request per pass.
+        `alone`: no other online request is in flight, so the batcher should not hold this one for company."""
         if not hasattr(self, "_dispatch"):
-            self._dispatch = _route_batcher(getattr(self, "to_async", None), "render_batch")
-            if self._dispatch is None and SETTINGS.batching and hasattr(self, "to_async"):
-                logger.warning("render_batch's batcher not found in the app; requests take the self-client")
+            app = bentoml_internals.served_app(self)
+            self._dispatch = None if app is None else bentoml_internals.route_batcher(app, "render_batch")
+            if app is not None and self._dispatch is None and SETTINGS.batching:
+                logger.warning("render_batch's batcher not found in BentoML's app; requests are not merged")
         if self._dispatch is not None:
             return await self._dispatch(items, alone)
-        client = self._batch_client()
-        return self.render_batch(items) if client is None else await client.render_batch(items)
-
-    def _batch_client(self):
-        """BentoML's in-process client to this service (set by the server; None when the class is called
-        directly): the fallback path of `_render`.
-
-        BentoML 1.4.30+ (`_bentoml_impl/client/proxy2.SessionManager`) replaces that client's aiohttp session
-        every 100 requests or 5 minutes and closes the old one while other calls are still in flight on it,
-        which fails them with `ServerDisconnectedError` (HTTP 500) under sustained concurrency (bentoml
-        issues #5540, #5544). Our self-client talks to the app in process (no sockets, nothing to go stale),
-        so we switch the refresh off."""
-        client = getattr(self, "to_async", None)
-        manager = getattr(client, "_session_manager", None)
-        if manager is not None and manager.max_requests != math.inf:
-            manager.max_requests = manager.max_age = math.inf
-        return client
+        return await run_in_threadpool(self._render_items, items)  # not self.render_batch: in a server
+        #                                                              that is an HTTP call to the route
 
     # --- image-to-image ---------------------------------------------------------------------------
 
@@ -215,11 +219,11 @@ class Generator:
             raise field_error("derive", derive, f"model {served.name!r} stores no derivation; upload its input "
                                                 "image itself (derive=false)")
         try:
-            array = runtime.read_upload(image, SETTINGS.max_upload_bytes, SETTINGS.max_pixels, SETTINGS.max_side)
-        except runtime.UploadError as e:
+            array = uploads.read_upload(image, SETTINGS.max_upload_bytes, SETTINGS.max_pixels, SETTINGS.max_side)
+        except uploads.UploadError as e:
             raise field_error("image", None, str(e)) from None
         with self.gate.online():
-            return Image.fromarray(runtime.translate(served, array, derive))
+            return Image.fromarray(translate(served, array, derive))
 
     # --- augmentation jobs ------------------------------------------------------------------------
 
@@ -239,20 +243,25 @@ class Generator:
             raise field_error(field, None, f"the job asks for {total} images; the limit is "
                                            f"{SETTINGS.job_max_images} per job (GANFORGE_JOB_MAX_IMAGES)")
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        if seed + total - 1 > MAX_SEED:
-            raise field_error("seed", seed, f"seed + {total} - 1 images must be <= {MAX_SEED}")
-        job = AugmentJob(checkpoint_sha256=served.store_metadata["sha256"], class_names=tuple(names),
-                         counts=tuple(counts), seed=seed, truncation=request.truncation, format=request.format,
-                         chunk_size=SETTINGS.job_chunk_size, batch_size=SETTINGS.job_batch_size, model=served.name)
+        try:  # the job spec is the one validator of its ranges (seed + index, truncation, format)
+            job = AugmentJob(checkpoint_sha256=served.store_metadata["sha256"], class_names=tuple(names),
+                             counts=tuple(counts), seed=seed, truncation=request.truncation, format=request.format,
+                             chunk_size=SETTINGS.job_chunk_size, batch_size=SETTINGS.job_batch_size,
+                             model=served.name)
+        except JobSpecError as e:
+            raise field_error(e.field, getattr(request, e.field, None), str(e)) from None
         try:
             status = await run_in_threadpool(self.jobs.submit, job, served.tag, request.model_dump())
         except TooManyJobs as e:
             raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.TOO_MANY_REQUESTS) from None
+        except StorageFull as e:
+            raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.INSUFFICIENT_STORAGE) from None
         return JobStatus(**status)
 
     @bentoml.api(route="/augment/status")
     async def augment_status(self, request: JobRef, /) -> JobStatus:
-        """State (queued | running | done | failed), progress, the reason of a failure; 404 for unknown ids."""
+        """State (queued | running | done | failed | cancelled), progress, the reason of a failure or pause;
+        404 for unknown ids."""
         return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.status, request.job_id))
 
     @bentoml.api(route="/augment/result")
@@ -261,10 +270,28 @@ class Generator:
         409 while it is not done (or failed, with the reason), 404 for unknown ids."""
         return await run_in_threadpool(self._job_call, self.jobs.result, request.job_id)
 
+    @bentoml.api(route="/augment/cancel")
+    async def augment_cancel(self, request: JobRef, /) -> JobStatus:
+        """Stop a queued or running job (a running one stops after its current batch, in whichever worker
+        runs it); 409 for a finished job. Its files stay until /augment/delete."""
+        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.cancel, request.job_id))
+
+    @bentoml.api(route="/augment/retry")
+    async def augment_retry(self, request: JobRef, /) -> JobStatus:
+        """Queue a failed or cancelled job again; it resumes from its last whole chunk. 409 otherwise."""
+        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.retry, request.job_id))
+
+    @bentoml.api(route="/augment/delete")
+    async def augment_delete(self, request: JobRef, /) -> JobDeleted:
+        """Remove a finished (done, failed or cancelled) job and its files; 409 for a queued or running one
+        (cancel it first)."""
+        return JobDeleted(**await run_in_threadpool(self._job_call, self.jobs.delete, request.job_id))
+
     @bentoml.api(route="/augment/list")
-    async def augment_list(self) -> JobList:
-        """Every job in the jobs folder, newest first."""
-        return JobList(jobs=[JobStatus(**s) for s in await run_in_threadpool(self.jobs.list)])
+    async def augment_list(self, request: JobPage = JobPage(), /) -> JobList:
+        """One page of jobs, newest first; pass the returned `next` as `before` for the next page."""
+        page, cursor = await run_in_threadpool(self.jobs.list, request.limit, request.before)
+        return JobList(jobs=[JobStatus(**s) for s in page], next=cursor)
 
     @staticmethod
     def _job_call(fn, job_id: str):
@@ -273,7 +300,7 @@ class Generator:
         except JobNotFound:
             raise bentoml.exceptions.NotFound(f"no augmentation job {job_id!r}; POST /augment/list lists them") \
                 from None
-        except JobNotReady as e:
+        except (JobNotReady, JobConflict) as e:
             raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.CONFLICT) from None
 
     # --- metadata ---------------------------------------------------------------------------------
@@ -282,11 +309,11 @@ class Generator:
     async def models(self) -> ModelsResponse:
         """Every served model: kind, classes, geometry, provenance, metrics, device, dtype, counters."""
         defaults = {kind: next((s.name for s in self.served.values() if s.kind == kind), None)
-                    for kind in runtime.KINDS}
+                    for kind in KINDS}
         return ModelsResponse(models=[ModelInfo(**s.info()) for s in self.served.values()], defaults=defaults,
                               settings=SETTINGS.public())
 
-    def _pick(self, name: Optional[str], kind: str) -> runtime.Served:
+    def _pick(self, name: Optional[str], kind: str) -> Served:
         """The served model a request names (or the first of `kind`); 400 on `model` listing valid ones."""
         valid = [s.name for s in self.served.values() if s.kind == kind]
         if name is None and valid:
@@ -298,33 +325,10 @@ class Generator:
         raise field_error("model", name, f"unknown {kind} model {name!r}; valid: {valid}")
 
 
-def _route_batcher(client, name: str):
-    """`items -> awaitable results` through the adaptive batcher behind the batchable API `name`, or None.
-
-    The server gives the service a self-client whose `app` is the Starlette app; the API's route there has
-    `functools.partial(factory.api_endpoint_wrapper, name)` as its endpoint, and the factory's
-    `batch_infer(name, args, kwargs)` is what that endpoint calls once the request is parsed."""
-    for route in getattr(getattr(getattr(client, "app", None), "router", None), "routes", ()):
-        endpoint = getattr(route, "endpoint", None)
-        factory = getattr(getattr(endpoint, "func", None), "__self__", None)
-        if getattr(route, "name", None) == name and callable(getattr(factory, "batch_infer", None)) \
-                and name in getattr(factory, "dispatchers", {}):
-            return functools.partial(_batch_infer, factory, name)
-    return None
-
-
-async def _batch_infer(factory, name: str, items: list[RenderItem], alone: bool = False) -> list[Optional[str]]:
-    """Hand `items` to the route's batcher. BentoML's `CorkDispatcher` holds a request until its wait reaches
-    its optimizer's `wait` (the mean first-request wait of recent batches, refreshed every 5 s), hoping for
-    company. After a burst that is tens of ms, and the stats of the held requests keep it there: a client
-    sending one request at a time waited 30 ms instead of 8 (benchmarks/RESULTS.md). A request that is
-    alone gets no company, so it clears the learned wait and is dispatched at once."""
-    if alone:
-        optimizer = getattr(factory.dispatchers.get(name), "optimizer", None)
-        if optimizer is not None and getattr(optimizer, "wait", 0) > 0:
-            optimizer.wait = 0
-    return await factory.batch_infer(name, (items,), {})
-
-
-Generator.add_asgi_middleware(RequestLimits, max_bytes=SETTINGS.max_json_bytes,
-                              max_upload_bytes=SETTINGS.max_upload_bytes + MULTIPART_OVERHEAD, uploads=UPLOADS)
+bentoml_internals.brief_client_errors()  # 4xx: one INFO line each, not an ERROR with a traceback
+Generator.add_asgi_middleware(
+    RequestLimits, max_bytes=SETTINGS.max_json_bytes, max_upload_bytes=SETTINGS.max_upload_bytes + MULTIPART_OVERHEAD,
+    uploads=UPLOADS, json_routes=[api.route for api in Generator.apis.values() if api.route not in UPLOADS],
+    body_timeout_s=SETTINGS.body_timeout_s, max_uploads=SETTINGS.max_uploads,
+    overload_hint=f" (GANFORGE_MAX_LATENCY_MS={SETTINGS.max_latency_ms})",
+    timeout_hint=f" (GANFORGE_TIMEOUT={SETTINGS.timeout_s} s)", ranged_routes=["/augment/result"])

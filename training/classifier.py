@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -51,13 +52,52 @@ def accuracy(model: DomainClassifier, data: ImageData | ImageDataset, batch_size
     return correct / len(dataset)
 
 
+def epoch_batches(n: int, batch_size: int, epochs: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches: a fresh permutation of range(n) per epoch, cut into full batches (the rest dropped)."""
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(n // batch_size):
+            yield perm[i * batch_size : (i + 1) * batch_size]
+
+
+def random_batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """`steps` index batches drawn with replacement: any training-set size gets the same compute."""
+    for _ in range(steps):
+        yield torch.randint(n, (batch_size,), generator=gen)
+
+
+def fit_classifier(model: DomainClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                   gen: torch.Generator, lr: float = 2e-3, progress: bool = False) -> DomainClassifier:
+    """The domain classifier's recipe: AdamW, one-cycle LR over `steps`, flip + shift, label smoothing 0.05.
+
+    `batches` yields `steps` (uint8 images (B, C, H, W), labels (B,)) pairs on the CPU; `gen` drives the
+    augmentation (and, in `epoch_batches` / `random_batches`, the batch order).
+    """
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    model.train()
+    with tqdm(total=steps, desc="classifier", unit="step", disable=not progress) as bar:
+        for images, labels in batches:
+            x = _augment(normalize(images), gen).to(device)
+            loss = F.cross_entropy(model(x), labels.to(device), label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model
+
+
 def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, out: str = "runs/classifier",
                      epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
                      device: str = "auto", channels: int | None = None, resolution: int = 64, fit: str = "crop",
-                     workers: int | None = None, min_steps: int = 100) -> dict:
+                     workers: int | None = None, min_steps: int = 100, steps: int | None = None) -> dict:
     """Train a DomainClassifier on `dataset`'s train split (streamed; `resolution`/`fit` apply to image
     folders), report test accuracy, save a checkpoint to `out`. Batch and steps scale with the data (see
-    `scaled_schedule`); fewer than 2 classes or 10 training images, or an empty test split, is a ValueError."""
+    `scaled_schedule`; `steps` overrides the count); fewer than 2 classes or 10 training images, or an empty test split, is a ValueError."""
     torch.manual_seed(seed)
     dev = pick_device(device)
     train = open_dataset(dataset, "train", root, resolution, channels, fit)
@@ -69,23 +109,13 @@ def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, ou
     cfg = DomainClassifierConfig(num_classes=len(train.class_names), img_resolution=h,
                                  img_channels=train.channels, width=width)
     model = DomainClassifier(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    batch, steps = scaled_schedule(len(train), batch_size, epochs, min_steps)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    batch, scaled = scaled_schedule(len(train), batch_size, epochs, min_steps)
+    steps = steps or scaled
     gen = torch.Generator().manual_seed(seed)
+    # per-epoch shuffles in whole batches, decoded in DataLoader workers (the same sampler as GAN training)
     loader = make_loader(train, GlobalBatchSampler(len(train), batch, seed, draws=range(steps)), workers)
     start = time.time()
-    model.train()
-    with tqdm(total=steps, desc="classifier", unit="step") as bar:  # closed before an error is printed
-        for images, labels in batches(loader):
-            x = _augment(normalize(images), gen).to(dev)
-            loss = F.cross_entropy(model(x), labels.to(dev), label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    fit_classifier(model, batches(loader), steps, gen, lr=lr, progress=True)
     acc = accuracy(model, test)
     report = {"test_accuracy": acc, "num_test": len(test), "num_train": len(train), "batch_size": batch,
               "steps": steps, "epochs": round(steps * batch / len(train), 2), "seconds": round(time.time() - start, 1)}

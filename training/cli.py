@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 
@@ -22,7 +23,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
     out = args.out or f"runs/{args.dataset.replace('-', '_')}_classifier"
     report = train_classifier(args.dataset, args.root, out, epochs=args.epochs, batch_size=args.batch_size,
                               width=args.width, seed=args.seed, device=args.device or "auto",
-                              resolution=args.resolution, fit=args.fit, workers=args.workers)
+                              resolution=args.resolution, fit=args.fit, workers=args.workers, steps=args.steps)
     report["checkpoint"] = out
     print(json.dumps(report))
 
@@ -34,10 +35,25 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                     args.truncation, args.device or "auto")
 
 
+def parse_per_class(text: str) -> int | dict[str, int]:
+    """CLI value of --per-class: `500` or a JSON object `{"sneaker": 500, "bag": 200}`."""
+    text = text.strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"--per-class must be a number or a JSON object like '{{\"sneaker\": 500}}', "
+                         f"got {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--per-class must be a number or a JSON object, got {text!r}")
+    return value
+
+
 def _cmd_augment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from models.augment import augment_checkpoint, parse_per_class
+    from augment import augment_checkpoint
 
     per_class = parse_per_class(args.per_class) if args.per_class is not None else None
     with tqdm(desc="augment", unit="img") as bar:
@@ -88,10 +104,25 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(read_metadata(args.checkpoint), indent=2))
 
 
-def _cmd_export(args: argparse.Namespace) -> None:
-    from service.store import export
+# The model store belongs to the service: it registers its export under this entry point (pyproject.toml), so
+# `ganforge export` reaches it without `training` importing `service`.
+STORE_EXPORT = ("ganforge.export", "store")
 
-    tag, created = export(args.checkpoint, args.name, force=args.force)
+
+def _store_export():
+    """The serving side's `export(checkpoint, name, force) -> (tag, created)`, found by its entry point."""
+    from importlib.metadata import entry_points
+
+    group, name = STORE_EXPORT
+    found = entry_points(group=group, name=name)
+    if not found:
+        raise ValueError(f"no model-store export is installed (entry point {name!r} in group {group!r}); "
+                         f"install ganforge with `make install` or `pip install -e .`")
+    return next(iter(found)).load()
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    tag, created = _store_export()(args.checkpoint, args.name, force=args.force)
     print(f"exported {args.checkpoint} as {tag}" if created else f"{tag} already holds these weights")
 
 
@@ -125,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
                                                "bundled checkpoints/ are never the default)")
     c.add_argument("--epochs", type=int, default=8, help="passes over the data (at least 100 steps are run)")
     c.add_argument("--batch-size", type=int, default=128, help="at most; small data uses a quarter of itself")
+    c.add_argument("--steps", type=int, default=None, help="optimiser steps (default: --epochs passes, >= 100)")
     c.add_argument("--resolution", type=int, default=64, help="imagefolder: the GAN's resolution (64)")
     c.add_argument("--fit", default="crop", choices=["crop", "squash", "pad"], help="imagefolder: non-square images")
     c.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")

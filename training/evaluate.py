@@ -86,7 +86,11 @@ def _coverage(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, chunk
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
     """Improved precision/recall (Kynkaenniemi et al. 2019): the share of fake samples inside the real k-NN
-    manifold, and the share of real samples inside the fake one."""
+    manifold, and the share of real samples inside the fake one. With fewer than k + 1 points in a set, k
+    shrinks to its size - 1 (small test splits); below 2 points the figures are NaN."""
+    k = min(k, len(real) - 1, len(fake) - 1)
+    if k < 1:
+        return float("nan"), float("nan")
     real, fake = real.double(), fake.double()
     return _coverage(fake, real, _knn_radii(real, k)), _coverage(real, fake, _knn_radii(fake, k))
 

@@ -3,7 +3,7 @@
 One loop serves both kinds of model; what differs lives in a task object (training/tasks.py). Under torchrun
 each rank runs it on its share of every global batch; process group, DDP, rank-0 writes and the stop decisions
 all ranks agree on are at its edges (training/distributed.py, docs/distributed.md).
-The batch order (loader.GlobalBatchSampler), the EMA and BatchNorm helpers (ema.py), the learning-rate schedule (optim.py)
+The batch order (loader.py), the EMA and BatchNorm helpers (ema.py), the learning-rate schedule (optim.py)
 and the mode-collapse alarm (collapse.py) each have their own module.
 """
 from __future__ import annotations
@@ -24,13 +24,13 @@ from models import build, save
 from models.checkpoint import CONDITIONAL, IMAGE_TO_IMAGE, atomic_write, to_device
 from models.sampling import pick_device
 
-from .collapse import CollapseMonitor
+from .collapse import domain_classifier, make_monitor
 from .config import RESUME_MODES, TrainConfig, to_dict, write_config
 from .diffaugment import diff_augment
 from .distributed import (Dist, Interrupted, MainWrites, StopSignals, local_device, prepare, process_group, read_state,
                           rng_restore, rng_snapshot, seed_rank_stream, world_from_env)
 from .ema import ema_update
-from .loader import GlobalBatchSampler
+from .loader import GlobalBatchSampler, step_draws
 from .losses import feature_matching, get_loss
 from .optim import grad_norm, lr_scale
 from .regularizers import gradient_penalty, r1_penalty
@@ -73,15 +73,15 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     d_loss_fn, g_loss_fn = get_loss(cfg.loss)
     adversarial = cfg.adversarial_weight > 0
-    # global batch k by step (the same on any world size); this rank reads its block of it, by global rank
-    sampler = GlobalBatchSampler(len(task), cfg.batch_size, cfg.seed, rank=d.rank, world_size=d.world_size)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same on every rank: the global batch's z
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and device.type == "cuda") else nullcontext()
     aug = lambda x: diff_augment(x, cfg.diffaugment)  # noqa: E731
     step, images_seen, train_seconds = 0, 0, 0.0
 
-    # the collapse monitor runs on rank 0 (it reads G_ema, the same on every rank); its verdict is broadcast
-    monitor = CollapseMonitor(cfg, task, device) if cfg.collapse_check_every > 0 and d.main else None
+    # The domain classifier (classifier: auto trains it, into the workdir) and the collapse monitor are rank 0's:
+    # the monitor reads G_ema, the same on every rank, and its verdict is broadcast. The other ranks wait.
+    classifier = domain_classifier(cfg, task, device) if task.kind == CONDITIONAL and d.main else None
+    monitor = make_monitor(cfg, task, device, classifier) if d.main else None
 
     workdir = Path(cfg.workdir)
     writes = MainWrites(d)  # rank 0 writes every file; the other ranks none
@@ -158,6 +158,11 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True, mininterval=2,
                **({} if d.main else {"disable": True}))
     meter = Throughput(step, cfg.batch_size)
+    # global batches of steps step..steps-1, a function of seed and step (resume reads the same data, on any
+    # world size); this rank reads its block of each, chosen by its global rank
+    sampler = GlobalBatchSampler(len(task), cfg.batch_size, cfg.seed, rank=d.rank, world_size=d.world_size,
+                                 hflip=task.hflip, draws=step_draws(step, cfg.steps, cfg.d_steps, adversarial))
+    data_iter = task.batches(sampler)
     penalty = loss_d = r = f = torch.zeros(())
     while step < cfg.steps:
         # one agreement per step: every rank stops at the same step boundary, or none does
@@ -173,9 +178,10 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr * scale
+        step_batches = [next(data_iter) for _ in range(cfg.d_steps if adversarial else 1)]
         # --- discriminator step(s) ---
         for k in range(cfg.d_steps if adversarial else 0):
-            cond, real = task.batch(sampler.indices(step * cfg.d_steps + k))
+            cond, real = step_batches[k]
             with amp:
                 with torch.no_grad():
                     fake, _ = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
@@ -194,7 +200,7 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         # --- generator step (same conditions as the first D step: real label frequencies / real sources) ---
         # D itself, not D_run: the gradients it gets here are discarded (zeroed before the next D step), so
         # averaging them over the ranks would be wasted communication.
-        cond, real = task.batch(sampler.indices(step * cfg.d_steps))
+        cond, real = step_batches[0]
         with amp:
             fake, z = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
             loss_fm = torch.zeros((), device=device)
@@ -231,7 +237,7 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
                        "speed/images_per_s": ips, "speed/steps_per_s": sps, "lr/g": opt_g.param_groups[0]["lr"]}
             writes(lambda: [writer.add_scalar(key, value, step) for key, value in scalars.items()])
             bar.set_postfix(d=f"{ld:.3f}", g=f"{lg:.3f}", extra=f"{lx:.3f}", gnorm=f"{g_grad:.2f}",
-                            img_s=f"{ips:.0f}", refresh=False)  # img_s: global-batch images/s, last interval
+                            refresh=False, **{"img/s(steps×batch)": f"{ips:.0f}"})  # over the last interval
         if step % cfg.sample_every == 0 or step == cfg.steps:
             writes(save_grid)
         if cfg.collapse_check_every > 0 and step % cfg.collapse_check_every == 0:
@@ -262,6 +268,7 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
     def export_model() -> None:
         task.recalibrate(G_ema, batches=32)
         meta = task.metadata(step, {
+            "classifier": str(classifier) if classifier is not None else None,
             "images_seen": images_seen, "train_seconds": round(train_seconds, 1),
             "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1),
             "stopped_early": stop_reason, "device": str(device),

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import torch
 
+import augment
 import models
-from models import augment
 from models.checkpoint import file_hash
-from tests.service.conftest import ROOT, Server, decode
+from service.testing import Server
+from tests.service.conftest import ROOT, decode
 
 JOB_ID = r"^\d{8}-\d{6}-[0-9a-f]{8}$"
 
@@ -49,7 +50,7 @@ def wait_done(jobs, job_id: str, timeout: float = 120) -> None:
 
 
 def reference_tree(spec: dict, checkpoint: Path, folder: Path) -> dict[str, bytes]:
-    """What `models.augment` makes from the job's own spec and the checkpoint on disk (the CLI's path)."""
+    """What `augment` makes from the job's own spec and the checkpoint on disk (the CLI's path)."""
     job = augment.AugmentJob.from_dict(spec)
     augment.run(job, folder, augment.checkpoint_renderer(checkpoint, job.truncation, "cpu"))
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -107,11 +108,13 @@ def test_npz_job_and_list_over_http(server, checkpoints, tmp_path):
     got = np.load(io.BytesIO(r.content))
     assert np.bincount(got["labels"], minlength=10).tolist() == [2, 2] + [1] * 8
     assert got["seeds"].tolist() == list(range(3, 15)) and got["class_names"][7] == "Sneaker"
-    spec = json.loads((ROOT / "jobs-server" / job_id / "out" / augment.SPEC_NAME).read_text())
+    folder = ROOT / "jobs-server" / job_id
+    assert not (folder / "out").exists()  # removed once published (issue 16.15): the result holds the images
+    spec = json.loads((folder / "job.json").read_text())["job"]
     assert r.content == reference_tree(spec, checkpoints["tiny-cgan"], tmp_path / "ref")["images.npz"]
     jobs = server.http.post("/augment/list").json()["jobs"]
-    assert jobs[0]["job_id"] == job_id and all(j["state"] == "done" for j in jobs)
-    assert [j["created"] for j in jobs] == sorted((j["created"] for j in jobs), reverse=True)
+    assert jobs[0]["job_id"] == job_id and all(j["state"] in ("done", "cancelled", "failed") for j in jobs)
+    assert [j["job_id"] for j in jobs] == sorted((j["job_id"] for j in jobs), reverse=True)
 
 
 @pytest.mark.parametrize("body,message", [
@@ -226,7 +229,7 @@ def test_jobs_survive_a_kill_9_and_restart_of_the_server(server_env, checkpoints
 
 @pytest.fixture
 def served(checkpoints):
-    from service.runtime import Served
+    from service.served import Served
 
     G, meta = models.load(checkpoints["tiny-cgan"])
     return Served(name="tiny-cgan", tag="tiny-cgan:test", module=G, meta=meta, device=torch.device("cpu"),
@@ -242,7 +245,7 @@ def small_job(served, **changes) -> augment.AugmentJob:
 
 def test_a_job_that_cannot_run_fails_with_a_reason(served, tmp_path):
     from service.jobs import JobManager
-    from service.runtime import OnlineGate
+    from service.gate import OnlineGate
 
     jobs = JobManager(tmp_path, {"tiny-cgan": served}, OnlineGate(), poll_s=0.05)
     gone = jobs.submit(small_job(served, model="retired"), "retired:1")["job_id"]
@@ -264,7 +267,7 @@ def test_a_job_that_cannot_run_fails_with_a_reason(served, tmp_path):
 def test_jobs_give_way_to_online_requests(served, tmp_path):
     """While an online request is in flight, the job starts no forward pass (up to its maximum wait)."""
     from service.jobs import JobManager
-    from service.runtime import OnlineGate
+    from service.gate import OnlineGate
 
     gate = OnlineGate()
     jobs = JobManager(tmp_path, {"tiny-cgan": served}, gate, batch_wait_s=60, poll_s=0.05)
@@ -298,7 +301,7 @@ def test_jobs_give_way_to_online_requests(served, tmp_path):
 
 def test_gate_waits_a_quiet_period_after_the_last_online_request():
     """A job batch does not start in the few-ms gap between one client's back-to-back requests."""
-    from service.runtime import OnlineGate
+    from service.gate import OnlineGate
 
     gate = OnlineGate(quiet_s=0.3)
     assert gate.wait_idle(0)  # never any traffic: idle at once
@@ -313,7 +316,7 @@ def test_gate_waits_a_quiet_period_after_the_last_online_request():
 def test_jobs_still_progress_when_online_traffic_never_stops(served, tmp_path):
     """The wait is bounded (GANFORGE_JOB_MAX_WAIT_MS): a saturated server still finishes its jobs."""
     from service.jobs import JobManager
-    from service.runtime import OnlineGate
+    from service.gate import OnlineGate
 
     gate = OnlineGate()
     jobs = JobManager(tmp_path, {"tiny-cgan": served}, gate, batch_wait_s=0.05, poll_s=0.05)

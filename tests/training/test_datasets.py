@@ -97,7 +97,7 @@ def test_imagefolder_with_train_and_test_folders(tmp_path):
 def test_malformed_imagefolders_give_one_line_naming_the_path(tmp_path, capsys):
     def argv(root):
         return ["train-classifier", "--dataset", "imagefolder", "--root", str(root), "--out", str(tmp_path / "o"),
-                "--resolution", "16", "--width", "4", "--workers", "1"]
+                "--resolution", "16", "--width", "4", "--workers", "1", "--steps", "20"]
 
     assert "no such folder" in one_line_error(capsys, argv(tmp_path / "missing"))
     (tmp_path / "flat").mkdir()
