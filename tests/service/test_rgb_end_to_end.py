@@ -51,7 +51,7 @@ def test_cifar10_recipe_trains_samples_and_serves_cat_over_http(cifar_export, ca
             with Image.open(io.BytesIO(r.content)) as im:
                 assert im.mode == "RGB" and im.size == (32, 32)
                 assert np.array_equal(np.asarray(im), cats[k])  # CLI == HTTP for the same seed
-        info = server.http.get("/models").json()["models"][0]
+        info = server.http.post("/models").json()["models"][0]
         assert info["img_channels"] == 3 and "cat" in info["class_names"]
     finally:
         server.close()
