@@ -19,7 +19,7 @@ from PIL import Image
 
 import augment
 import models
-from models.checkpoint import file_hash
+from models.checkpoint import CONDITIONAL, build_metadata, file_hash
 from models.sampling import generate, to_uint8
 from tests.conftest import PROJECT_ROOT
 from training.cli import main
@@ -59,9 +59,7 @@ def save_tiny_cgan(path: Path, seed: int = 0) -> Path:
         g = ConditionalGenerator(ConditionalGeneratorConfig(num_classes=10, img_resolution=32, img_channels=1,
                                                             z_dim=32, base_channels=8, max_channel_mult=4,
                                                             embed_dim=16))
-    models.save(g.eval(), path, {"kind": "conditional", "class_names": FASHION, "native_size": [28, 28],
-                                 "normalization": {"mean": 0.5, "std": 0.5}, "img_resolution": 32,
-                                 "img_channels": 1})
+    models.save(g.eval(), path, build_metadata(CONDITIONAL, FASHION, 32, 1, [28, 28]))
     return path
 
 
