@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PROJECT_ROOT
-from tests.service.conftest import ROOT, Server
+from service.testing import Server
+from tests.service.conftest import ROOT
 from tests.training.dataset_files import write_cifar
 from training.cli import main
 
