@@ -23,24 +23,25 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_folder(out: Path, images: int, classes: int, size: tuple[int, int], seed: int = 0) -> None:
-    """`images` small non-square JPEGs over `classes` class folders (a coloured block on noise)."""
+def make_folder(out: Path, images: int, classes: int, size: tuple[int, int], seed: int = 0, start: int = 0) -> None:
+    """`images` small non-square JPEGs over `classes` class folders (a coloured block on noise); `start`
+    skips the first ones (to finish an interrupted folder)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     w, h = size
-    start = time.time()
+    t0 = time.time()
     for c in range(classes):
         (out / f"class_{c:02d}").mkdir(parents=True, exist_ok=True)
     noise = rng.integers(0, 80, (64, h, w, 3), dtype=np.uint8)  # reused tiles: writing is the cost here
-    for i in range(images):
+    for i in range(start, images):
         c = i % classes
         arr = noise[i % 64].copy()
         x, y = rng.integers(0, w // 2), rng.integers(0, h // 2)
         arr[y : y + h // 2, x : x + w // 2] = ((c * 97) % 256, (c * 53 + 80) % 256, (c * 31 + 160) % 256)
         Image.fromarray(arr).save(out / f"class_{c:02d}" / f"{i:07d}.jpg", quality=85)
-    print(json.dumps({"made": str(out), "images": images, "classes": classes, "size": [w, h],
-                      "seconds": round(time.time() - start, 1)}))
+    print(json.dumps({"made": str(out), "images": images - start, "classes": classes, "size": [w, h],
+                      "seconds": round(time.time() - t0, 1)}))
 
 
 def throughput(root: str, resolution: int, batch: int, batches: int, workers: list[int]) -> None:
@@ -133,6 +134,7 @@ def main() -> None:
     m.add_argument("--images", type=int, default=200_000)
     m.add_argument("--classes", type=int, default=10)
     m.add_argument("--size", default="80x60", help="WxH of the JPEGs (non-square)")
+    m.add_argument("--start", type=int, default=0, help="first image number (resume an interrupted folder)")
     t = sub.add_parser("throughput")
     t.add_argument("--root", required=True)
     t.add_argument("--resolution", type=int, default=64)
@@ -149,7 +151,7 @@ def main() -> None:
     a = p.parse_args()
     if a.cmd == "make-folder":
         w, h = (int(v) for v in a.size.split("x"))
-        make_folder(Path(a.out), a.images, a.classes, (w, h))
+        make_folder(Path(a.out), a.images, a.classes, (w, h), start=a.start)
     elif a.cmd == "throughput":
         throughput(a.root, a.resolution, a.batch, a.batches, a.workers)
     else:

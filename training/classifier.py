@@ -14,7 +14,7 @@ from models.sampling import pick_device
 
 from .data import ImageData
 from .datasets import ImageDataset, TensorImages, check_size, open_dataset
-from .loader import GlobalBatchSampler, batches, collate, default_workers, make_loader
+from .loader import GlobalBatchSampler, batches, collate, default_workers, make_loader, private_generator
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,8 @@ def accuracy(model: DomainClassifier, data: ImageData | ImageDataset, batch_size
     device = next(model.parameters()).device
     chunks = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, collate_fn=collate,
-                                         num_workers=min(default_workers(dataset), len(chunks)))
+                                         num_workers=min(default_workers(dataset), len(chunks)),
+                                         generator=private_generator())
     correct = 0
     for images, labels in batches(loader):
         correct += (model(normalize(images).to(device)).argmax(1).cpu() == labels).sum().item()

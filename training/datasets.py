@@ -76,7 +76,7 @@ class TensorImages(ImageDataset):
 def materialize(dataset: ImageDataset, indices: Any = None, workers: int | None = None,
                 batch_size: int = 256) -> ImageData:
     """Read `indices` (default: all) of `dataset` into memory, in order, through the DataLoader."""
-    from .loader import batches, collate, default_workers
+    from .loader import batches, collate, default_workers, private_generator
 
     if isinstance(dataset, TensorImages) and indices is None:
         return dataset.data
@@ -86,7 +86,7 @@ def materialize(dataset: ImageDataset, indices: Any = None, workers: int | None 
     chunks = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
     workers = default_workers(dataset) if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=min(workers, len(chunks)),
-                                         collate_fn=collate)
+                                         collate_fn=collate, generator=private_generator())
     images, labels = zip(*batches(loader))
     return ImageData(torch.cat(images), torch.cat(labels), list(dataset.class_names), dataset.name)
 

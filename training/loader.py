@@ -130,11 +130,15 @@ def make_loader(dataset: Dataset, sampler: Sampler, workers: int | None = None, 
     if workers < 0:
         raise ValueError(f"data.workers must be >= 0 (or null for auto), got {workers}")
     extra: dict[str, Any] = {"prefetch_factor": prefetch, "worker_init_fn": _worker_init} if workers else {}
-    # its own generator: iter(DataLoader) draws a base seed for the workers, from torch's global RNG without
-    # one, which would shift the run's random stream (DiffAugment, dropout) at every (re)start of the loop
-    # and break resume's bit-identity; the workers only decode, so the seed they get does not matter
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **extra)
+                      pin_memory=pin_memory, generator=private_generator(), **extra)
+
+
+def private_generator() -> torch.Generator:
+    """A DataLoader draws its workers' base seed when an iterator starts; from this generator rather than
+    torch's global one, so starting a loader (at step 0, or at step s on resume) leaves the training RNG
+    stream - DiffAugment, dropout - exactly where an uninterrupted run has it."""
+    return torch.Generator().manual_seed(0)
 
 
 _WORKER_PREFIX = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")

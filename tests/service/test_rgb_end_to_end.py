@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PROJECT_ROOT
-from tests.service.conftest import ROOT, Server
+from service.testing import Server
+from tests.service.conftest import ROOT
 from tests.training.dataset_files import write_cifar
 from training.cli import main
 
@@ -51,7 +52,7 @@ def test_cifar10_recipe_trains_samples_and_serves_cat_over_http(cifar_export, ca
             with Image.open(io.BytesIO(r.content)) as im:
                 assert im.mode == "RGB" and im.size == (32, 32)
                 assert np.array_equal(np.asarray(im), cats[k])  # CLI == HTTP for the same seed
-        info = server.http.get("/models").json()["models"][0]
+        info = server.http.post("/models").json()["models"][0]
         assert info["img_channels"] == 3 and "cat" in info["class_names"]
     finally:
         server.close()

@@ -22,7 +22,7 @@ def sets(*items):
     return [a for s in items for a in ("--set", s)]
 
 
-@pytest.mark.slow  # ~35 s on 2 idle cores (3 min at load 11): a classifier, a GAN, two collapse checks, evaluate
+@pytest.mark.slow  # 3 min at load 11 on 2 shared cores: a classifier, a GAN, two collapse checks, evaluate
 def test_imagefolder_64px_trains_a_classifier_and_a_gan_and_evaluates_per_class(tmp_path, capsys):
     photos = write_imagefolder(tmp_path / "photos", per_class=10, classes=("cat", "dog"))
     clf = tmp_path / "clf"
