@@ -214,22 +214,22 @@ def start_torchrun(cfg: Path, extra: list[str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_kill_9_of_a_rank_restarts_the_group_which_resumes_and_exports(tmp_path):
-    cfg = write_config(tmp_path, "k", steps=60, state_every=10, sample_every=1000, log_every=10, resume="auto")
+    cfg = write_config(tmp_path, "k", steps=40, state_every=10, sample_every=1000, log_every=10, resume="auto")
     run, ckpt = tmp_path / "k" / "run", tmp_path / "k" / "ckpt"
     proc = start_torchrun(cfg, ["--max-restarts=1"])
     try:
         wait_for(lambda: (run / "state.pt").exists(), 300, proc)
         wait_for(lambda: len(worker_pids(proc.pid)) == 2, 30, proc)
         os.kill(worker_pids(proc.pid)[1], signal.SIGKILL)
-        out, err = proc.communicate(timeout=400)
+        out, err = proc.communicate(timeout=900)  # restart, resume and 30 more steps; minutes on a loaded machine
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
     assert "resumed from" in err  # the restarted group continued from the last state
     _, meta = load(ckpt)
-    assert meta["provenance"]["steps"] == 60
-    assert torch.load(run / "state.pt", weights_only=True)["step"] == 60
+    assert meta["provenance"]["steps"] == 40
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 40
     assert temp_files(tmp_path / "k") == []
 
 
@@ -246,10 +246,10 @@ def test_sigterm_to_torchrun_stops_every_rank_at_a_step_and_writes_the_state(tmp
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    lines = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
-    assert len(lines) == 2, err[-3000:]  # one line per rank
+    # one line per rank (the two ranks' lines can interleave in torchrun's stderr, so count, not split)
+    assert err.count("ganforge train: stopped by SIGTERM at step ") == 2, err[-3000:]
     step = torch.load(run / "state.pt", weights_only=True)["step"]
-    assert 2 <= step < 400 and f"at step {step}" in lines[0]
+    assert 2 <= step < 400 and err.count(f"stopped by SIGTERM at step {step};") == 2
     assert temp_files(tmp_path / "t") == []
     # the same command continues from that step (resume: auto) and finishes
     cfg.write_text(cfg.read_text().replace("steps: 400", f"steps: {step + 2}"))
