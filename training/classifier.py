@@ -12,7 +12,9 @@ from models import DomainClassifier, DomainClassifierConfig, save
 from models.checkpoint import CLASSIFIER, NORMALIZATION, build_metadata
 from models.sampling import pick_device
 
-from .data import ImageData, load_dataset
+from .data import ImageData
+from .datasets import ImageDataset, TensorImages, check_size, open_dataset
+from .loader import GlobalBatchSampler, batches, collate, default_workers, make_loader, private_generator
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -28,16 +30,27 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(F.pad(x, (2, 2, 2, 2), mode="replicate"), (dy, dx), (2, 3))[..., 2:-2, 2:-2]
 
 
+def scaled_schedule(n: int, batch_size: int, epochs: int, min_steps: int) -> tuple[int, int]:
+    """(batch, steps) for `n` training images: the batch is at most a quarter of the data (>= 4), and the
+    run lasts `epochs` passes or `min_steps` steps, whichever is longer, so small data still trains."""
+    batch = max(1, min(batch_size, n, max(4, n // 4)))
+    return batch, max(epochs * (n // batch), min_steps)
+
+
 @torch.no_grad()
-def accuracy(model: DomainClassifier, data: ImageData, batch_size: int = 500) -> float:
-    """Top-1 accuracy of `model` on a uint8 dataset."""
+def accuracy(model: DomainClassifier, data: ImageData | ImageDataset, batch_size: int = 500) -> float:
+    """Top-1 accuracy of `model` on a uint8 dataset (in memory, or streamed through the DataLoader)."""
+    dataset = TensorImages(data) if isinstance(data, ImageData) else data
     model.eval()
     device = next(model.parameters()).device
+    chunks = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, collate_fn=collate,
+                                         num_workers=min(default_workers(dataset), len(chunks)),
+                                         generator=private_generator())
     correct = 0
-    for i in range(0, len(data), batch_size):
-        x = normalize(data.images[i : i + batch_size]).to(device)
-        correct += (model(x).argmax(1).cpu() == data.labels[i : i + batch_size]).sum().item()
-    return correct / len(data)
+    for images, labels in batches(loader):
+        correct += (model(normalize(images).to(device)).argmax(1).cpu() == labels).sum().item()
+    return correct / len(dataset)
 
 
 def epoch_batches(n: int, batch_size: int, epochs: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -79,27 +92,37 @@ def fit_classifier(model: DomainClassifier, batches: Iterable[tuple[torch.Tensor
     return model
 
 
-def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, out: str = "checkpoints/classifier",
+def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, out: str = "runs/classifier",
                      epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
-                     device: str = "auto", channels: int | None = None) -> dict:
-    """Train a DomainClassifier on `dataset`'s train split, report test accuracy, save a checkpoint to `out`."""
+                     device: str = "auto", channels: int | None = None, resolution: int = 64, fit: str = "crop",
+                     workers: int | None = None, min_steps: int = 100, steps: int | None = None) -> dict:
+    """Train a DomainClassifier on `dataset`'s train split (streamed; `resolution`/`fit` apply to image
+    folders), report test accuracy, save a checkpoint to `out`. Batch and steps scale with the data (see
+    `scaled_schedule`; `steps` overrides the count); fewer than 2 classes or 10 training images, or an empty test split, is a ValueError."""
     torch.manual_seed(seed)
     dev = pick_device(device)
-    train = load_dataset(dataset, "train", root, channels=channels)
-    test = load_dataset(dataset, "test", root, channels=channels)
+    train = open_dataset(dataset, "train", root, resolution, channels, fit)
+    where = f"{dataset} {root}" if root else dataset
+    check_size(train, f"{where} (train split)")
+    test = open_dataset(dataset, "test", root, resolution, channels, fit)
+    check_size(test, f"{where} (test split)", min_classes=1, min_images=1)
     h, w = train.native_size
     cfg = DomainClassifierConfig(num_classes=len(train.class_names), img_resolution=h,
-                                 img_channels=train.images.shape[1], width=width)
+                                 img_channels=train.channels, width=width)
     model = DomainClassifier(cfg).to(dev)
-    steps = epochs * (len(train) // batch_size)
+    batch, scaled = scaled_schedule(len(train), batch_size, epochs, min_steps)
+    steps = steps or scaled
     gen = torch.Generator().manual_seed(seed)
+    # per-epoch shuffles in whole batches, decoded in DataLoader workers (the same sampler as GAN training)
+    loader = make_loader(train, GlobalBatchSampler(len(train), batch, seed, draws=range(steps)), workers)
     start = time.time()
-    batches = ((train.images[idx], train.labels[idx]) for idx in epoch_batches(len(train), batch_size, epochs, gen))
-    fit_classifier(model, batches, steps, gen, lr=lr, progress=True)
+    fit_classifier(model, batches(loader), steps, gen, lr=lr, progress=True)
     acc = accuracy(model, test)
-    report = {"test_accuracy": acc, "epochs": epochs, "seconds": round(time.time() - start, 1)}
+    report = {"test_accuracy": acc, "num_test": len(test), "num_train": len(train), "batch_size": batch,
+              "steps": steps, "epochs": round(steps * batch / len(train), 2), "seconds": round(time.time() - start, 1)}
     meta = build_metadata(CLASSIFIER, train.class_names, h, cfg.img_channels, [h, w],
-                          provenance={"dataset": dataset, "split": "train", "seed": seed, "epochs": epochs},
+                          provenance={"dataset": dataset, "root": root, "split": "train", "seed": seed,
+                                      "steps": steps, "batch_size": batch, "resolution": resolution, "fit": fit},
                           metrics=report)
     save(model, out, meta)
     return report

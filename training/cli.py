@@ -20,8 +20,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_train_classifier(args: argparse.Namespace) -> None:
     from .classifier import train_classifier
 
-    report = train_classifier(args.dataset, args.root, args.out, epochs=args.epochs, width=args.width,
-                              seed=args.seed, device=args.device or "auto")
+    out = args.out or f"runs/{args.dataset.replace('-', '_')}_classifier"
+    report = train_classifier(args.dataset, args.root, out, epochs=args.epochs, batch_size=args.batch_size,
+                              width=args.width, seed=args.seed, device=args.device or "auto",
+                              resolution=args.resolution, fit=args.fit, workers=args.workers, steps=args.steps)
+    report["checkpoint"] = out
     print(json.dumps(report))
 
 
@@ -75,7 +78,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     report = evaluate(args.checkpoint, classifier=args.classifier, per_class=args.per_class, seed=args.seed,
                       features=args.features, device=args.device or "auto", record=args.record,
-                      truncation=args.truncation)
+                      truncation=args.truncation, inception_weights=args.inception_weights,
+                      max_real=args.max_real)
     text = json.dumps(report, indent=2)
     if args.json:
         from models.checkpoint import atomic_write
@@ -157,10 +161,16 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     c = sub.add_parser("train-classifier", help="train the domain classifier used as evaluation feature space")
-    c.add_argument("--dataset", default="fashion-mnist")
-    c.add_argument("--root", default=None)
-    c.add_argument("--out", default="checkpoints/fashion_mnist_classifier")
-    c.add_argument("--epochs", type=int, default=8)
+    c.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | mnist | cifar10 | imagefolder | shapes")
+    c.add_argument("--root", default=None, help="data folder (imagefolder: one subfolder per class)")
+    c.add_argument("--out", default=None, help="checkpoint folder (default runs/<dataset>_classifier; the "
+                                               "bundled checkpoints/ are never the default)")
+    c.add_argument("--epochs", type=int, default=8, help="passes over the data (at least 100 steps are run)")
+    c.add_argument("--batch-size", type=int, default=128, help="at most; small data uses a quarter of itself")
+    c.add_argument("--steps", type=int, default=None, help="optimiser steps (default: --epochs passes, >= 100)")
+    c.add_argument("--resolution", type=int, default=64, help="imagefolder: the GAN's resolution (64)")
+    c.add_argument("--fit", default="crop", choices=["crop", "squash", "pad"], help="imagefolder: non-square images")
+    c.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
     c.add_argument("--width", type=int, default=32)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device")
@@ -206,8 +216,13 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="measure a checkpoint against the real test set")
     e.add_argument("checkpoint")
-    e.add_argument("--classifier", default=None, help="domain classifier checkpoint (default: bundled one)")
-    e.add_argument("--features", default="domain", choices=["domain", "inception"])
+    e.add_argument("--classifier", default=None, help="domain classifier checkpoint (default: the run's own, "
+                                                      "else the bundled one for the dataset)")
+    e.add_argument("--features", default="domain", choices=["domain", "inception"],
+                   help="FID/KID feature space: the domain classifier, or standard Inception-v3 (needs .[fid])")
+    e.add_argument("--inception-weights", default=None, help="Inception-v3 weights file (default: "
+                   "$GANFORGE_INCEPTION_WEIGHTS or ~/.cache/ganforge/weights-inception-2015-12-05-6726825d.pth)")
+    e.add_argument("--max-real", type=int, default=10_000, help="real test images compared (a seeded subset)")
     e.add_argument("--per-class", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--truncation", type=float, default=None)
@@ -260,9 +275,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import Interrupted
+
     args = parser().parse_args(argv)
     try:
         args.func(args)
+    except Interrupted as e:  # a signal stopped training at a step boundary, after the resume state
+        print(f"ganforge {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"ganforge {args.command}: error: {e}", file=sys.stderr)
         return 2

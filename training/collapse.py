@@ -1,6 +1,8 @@
 """The mode-collapse alarm the loop consults every `collapse_check_every` steps."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,6 +11,7 @@ import torch.nn as nn
 from models.sampling import generate, to_uint8
 
 from .config import TrainConfig
+from .datasets import materialize
 from .tasks import ConditionalTask
 
 
@@ -20,16 +23,17 @@ class CollapseMonitor:
     from alarming), or at any check from step `collapse_warmup` on (it never became varied). Before that,
     low diversity is how every generator starts: it has not learned to use z yet."""
 
-    def __init__(self, cfg: TrainConfig, task: ConditionalTask, device: torch.device, per_class: int = 64):
+    def __init__(self, cfg: TrainConfig, task: ConditionalTask, device: torch.device, classifier: Path,
+                 per_class: int = 64):
         from models import load
 
-        from .evaluate import default_classifier, embed
+        from .evaluate import embed
 
         self.cfg, self.task, self.per_class = cfg, task, per_class
-        self.classifier, _ = load(cfg.classifier or default_classifier(cfg.data.name), device)
+        self.classifier, _ = load(classifier, device)
         data = task.data
         idx = torch.cat([torch.nonzero(data.labels == c).flatten()[:per_class] for c in range(task.num_classes)])
-        self.real_feats, _ = embed(self.classifier, data.images[idx])
+        self.real_feats, _ = embed(self.classifier, materialize(data, idx, cfg.data.workers).images)
         self.real_labels = data.labels[idx]
         self.labels = torch.arange(task.num_classes).repeat_interleave(per_class)
         self.seeds = (10_000_000 + torch.arange(len(self.labels))).tolist()  # fixed, apart from grid seeds
@@ -50,3 +54,44 @@ class CollapseMonitor:
         feats, _ = embed(self.classifier, as_nchw(to_uint8(generate(G_ema, self.labels.tolist(), self.seeds), meta)))
         div = class_diversity(feats, self.labels, self.real_feats, self.real_labels, self.task.num_classes)
         return {name: d["ratio"] for name, d in zip(self.task.data.class_names, div)}
+
+
+def domain_classifier(cfg: TrainConfig, task: ConditionalTask, device: torch.device) -> Path | None:
+    """The run's domain classifier (collapse check, `evaluate`): `classifier: auto` trains one on the run's
+    data into {workdir}/classifier unless it is there; a path must exist; None falls back to the bundled
+    classifier for the dataset, or None when there is none."""
+    from .evaluate import default_classifier
+
+    if cfg.classifier == "auto":
+        out = Path(cfg.workdir) / "classifier"
+        if not (out / "model.safetensors").is_file():
+            from .classifier import train_classifier
+
+            d = cfg.data
+            print(f"training the domain classifier into {out} (classifier: auto)", file=sys.stderr)
+            report = train_classifier(d.name, d.root, str(out), seed=cfg.seed, device=str(device),
+                                      channels=task.data.channels, resolution=d.resolution, fit=d.fit,
+                                      workers=d.workers)
+            print(f"domain classifier test accuracy {report['test_accuracy']:.3f}", file=sys.stderr)
+        return out
+    if cfg.classifier:
+        if not Path(cfg.classifier).is_dir():
+            raise FileNotFoundError(f"classifier {cfg.classifier}: no such checkpoint folder (use a path from "
+                                    "`ganforge train-classifier`, or classifier: auto)")
+        return Path(cfg.classifier)
+    try:
+        return default_classifier(cfg.data.name)
+    except ValueError:
+        return None
+
+
+def make_monitor(cfg: TrainConfig, task: Any, device: torch.device, classifier: Path | None
+                 ) -> CollapseMonitor | None:
+    """The collapse monitor the config asks for; without a classifier, a warning and no monitor."""
+    if cfg.collapse_check_every <= 0:
+        return None
+    if classifier is None:
+        print(f"warning: mode-collapse check off: no domain classifier for dataset {cfg.data.name!r} "
+              "(set classifier: auto to train one on the run's data, or a checkpoint path)", file=sys.stderr)
+        return None
+    return CollapseMonitor(cfg, task, device, classifier)

@@ -15,12 +15,15 @@ import yaml
 from models import ARCHITECTURES
 
 from .data import DATASETS
+from .datasets import FITS
 from .diffaugment import AUGMENTATIONS
+from .distributed import BATCHNORM_MODES
 from .losses import LOSSES
 from .paired import FORMATS as PAIRED_FORMATS
 
 DIRECTIONS = ("AtoB", "BtoA")
 COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
+RESUME_MODES = (False, True, "auto")  # TrainConfig.resume
 CHANNELS = (1, 3)
 
 
@@ -46,6 +49,9 @@ class DataConfig:
     paired: str | None = None
     source_channels: int | None = None  # for 'aligned'/'folders' sources; None: same as channels
     direction: str = "AtoB"
+    fit: str = "crop"  # imagefolder, non-square files: crop (shorter side to R, centre crop) | squash | pad
+    hflip: bool | None = None  # random horizontal flips; None: the dataset's default (on for cifar10/imagefolder)
+    workers: int | None = None  # DataLoader worker processes; None: 0 for in-memory data, else up to 4
 
     def __post_init__(self) -> None:
         if self.paired is not None:
@@ -60,6 +66,11 @@ class DataConfig:
             if getattr(self, name) is not None:
                 _one_of(f"data.{name}", getattr(self, name), CHANNELS)
         _at_least(self, 1, "resolution")
+        _one_of("data.fit", self.fit, FITS)
+        if self.hflip is not None and not isinstance(self.hflip, bool):
+            raise ValueError(f"data.hflip must be true, false or null (the dataset's default), got {self.hflip!r}")
+        if self.workers is not None:
+            _at_least(self, 0, "workers")
 
 
 @dataclass(frozen=True)
@@ -104,13 +115,25 @@ class TrainConfig:
     # early on an untrained G has not learned to use z yet, and its low diversity is not a collapse.
     collapse_warmup: int = 1000
     collapse_arm: float = 0.8  # the hysteresis: a ratio that counts as "was varied" before the warm-up
-    classifier: str | None = None  # domain classifier checkpoint for the collapse check
+    # Domain classifier checkpoint for the collapse check and `evaluate`; "auto": train one on the run's data
+    # into {workdir}/classifier before the GAN (reused when present). None: the bundled one for the dataset,
+    # if any; without one the collapse check is skipped with a warning.
+    classifier: str | None = None
+    # Several processes (torchrun; docs/distributed.md). batch_size above is the global batch.
+    batchnorm: str = "sync"  # sync: BatchNorm statistics of the global batch | per-rank: of each rank's rows
+    resume: bool | str = False  # true: continue from workdir's state (must exist) | auto: if there is one
+    dist_timeout_minutes: float = 10.0  # how long a collective waits for a missing rank before failing
 
     def __post_init__(self) -> None:
         _one_of("loss", self.loss, LOSSES)
         for name in filter(None, (p.strip() for p in self.diffaugment.split(","))):
             _one_of("diffaugment", name, sorted(AUGMENTATIONS))
         _one_of("collapse_action", self.collapse_action, COLLAPSE_ACTIONS)
+        _one_of("batchnorm", self.batchnorm, BATCHNORM_MODES)
+        _one_of("resume", self.resume, RESUME_MODES)
+        if isinstance(self.dist_timeout_minutes, bool) or not (isinstance(self.dist_timeout_minutes, (int, float))
+                                                                and self.dist_timeout_minutes > 0):
+            raise ValueError(f"dist_timeout_minutes must be a number > 0, got {self.dist_timeout_minutes!r}")
         for section in ("generator", "discriminator"):
             arch = getattr(self, section).get("architecture")
             _one_of(f"{section}.architecture", arch, sorted(ARCHITECTURES))

@@ -1,4 +1,6 @@
 """Datasets held in memory as uint8 tensors at their native size, and their preparation for a model.
+(Training streams cifar10 and imagefolder from disk instead: training/datasets.py; `load_dataset` reads
+them whole through the same readers, for code that wants a small split in memory.)
 
 Every loader returns `ImageData`: `images` uint8 (N, C, H, W), `labels` int64 (N,), `class_names`.
 `prepare` turns a uint8 batch into the model's input: channels converted, padded (28 -> 32, so
@@ -85,43 +87,15 @@ def _mnist(root: str | None, split: str) -> ImageData:
 
 
 def _cifar10(root: str | None, split: str) -> ImageData:
-    from torchvision.datasets import CIFAR10
+    from .datasets import CifarBatches, materialize  # the python batches, read without unpickling code
 
-    class _CIFAR10(CIFAR10):
-        # Check that the batch files exist but not their md5 sums, so re-packed copies load too.
-        train_list = [[name, None] for name, _ in CIFAR10.train_list]
-        test_list = [[name, None] for name, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
-
-    folder = root or "data"
-    if not (Path(folder) / CIFAR10.base_folder).is_dir():
-        _CIFAR10(folder, train=split == "train", download=True)  # fails cleanly offline
-    ds = _CIFAR10(folder, train=split == "train", download=False)
-    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-    return ImageData(images, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes), "cifar10")
+    return materialize(CifarBatches(root, split))
 
 
 def _imagefolder(root: str | None, split: str, resolution: int, channels: int) -> ImageData:
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
+    from .datasets import ImageFolderFiles, materialize
 
-    if not root:
-        raise ValueError("dataset 'imagefolder' needs data.root (a folder with one subfolder per class)")
-    folder = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
-    ds = ImageFolder(str(folder), loader=lambda p: Image.open(p).convert("RGB" if channels == 3 else "L"))
-    images = []
-    for path, _ in ds.samples:
-        img = ds.loader(path)
-        scale = resolution / min(img.size)  # shorter side to `resolution`, then centre crop
-        w, h = max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))
-        img = img.resize((w, h), Image.BICUBIC)
-        left, top = (w - resolution) // 2, (h - resolution) // 2
-        arr = np.asarray(img.crop((left, top, left + resolution, top + resolution)), dtype=np.uint8)
-        images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    if not images:
-        raise ValueError(f"no images found under {folder}")
-    return ImageData(torch.from_numpy(np.stack(images)), torch.as_tensor(ds.targets, dtype=torch.long),
-                     list(ds.classes), "imagefolder")
+    return materialize(ImageFolderFiles(root, split, resolution, channels))
 
 
 def make_shapes(n: int, resolution: int = 32, seed: int = 0) -> ImageData:

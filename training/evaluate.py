@@ -7,6 +7,7 @@ pairwise feature distance of a class's samples divided by that of the real test 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from models.checkpoint import CLASSIFIER, CONDITIONAL, GENERATOR_KINDS, IMAGE_TO
 from models.sampling import pick_device
 
 from .classifier import normalize
-from .data import load_dataset
+from .data import ImageData, load_dataset
+from .datasets import materialize
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLASSIFIERS = {"fashion-mnist": PROJECT_ROOT / "checkpoints" / "fashion_mnist_classifier"}
@@ -84,7 +86,11 @@ def _coverage(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, chunk
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
     """Improved precision/recall (Kynkaenniemi et al. 2019): the share of fake samples inside the real k-NN
-    manifold, and the share of real samples inside the fake one."""
+    manifold, and the share of real samples inside the fake one. With fewer than k + 1 points in a set, k
+    shrinks to its size - 1 (small test splits); below 2 points the figures are NaN."""
+    k = min(k, len(real) - 1, len(fake) - 1)
+    if k < 1:
+        return float("nan"), float("nan")
     real, fake = real.double(), fake.double()
     return _coverage(fake, real, _knn_radii(real, k)), _coverage(real, fake, _knn_radii(fake, k))
 
@@ -95,7 +101,7 @@ def fid_kid(feature: nn.Module | int, real: torch.Tensor, fake: torch.Tensor, su
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    custom = isinstance(feature, nn.Module)
+    custom = isinstance(feature, nn.Module) and not hasattr(feature, "INPUT_IMAGE_SIZE")  # Inception wants RGB
     fid = FrechetInceptionDistance(feature=feature, normalize=False)
     kid = KernelInceptionDistance(feature=feature, subset_size=min(subset_size, len(real), len(fake)),
                                   normalize=False)
@@ -110,17 +116,45 @@ def fid_kid(feature: nn.Module | int, real: torch.Tensor, fake: torch.Tensor, su
     return {"fid": fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item()}
 
 
-def inception_feature() -> int:
-    """2048: torchmetrics' standard Inception-v3 pool features; a clear error when its weights are absent."""
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's Inception-v3 (FID's standard)
+INCEPTION_ENV = "GANFORGE_INCEPTION_WEIGHTS"
+
+
+def inception_weights_path(path: str | Path | None = None) -> Path:
+    """Where the standard Inception weights are read from: `path`, else $GANFORGE_INCEPTION_WEIGHTS, else
+    ~/.cache/ganforge/weights-inception-2015-12-05-6726825d.pth. Nothing is downloaded."""
+    if path:
+        return Path(path)
+    if os.environ.get(INCEPTION_ENV):
+        return Path(os.environ[INCEPTION_ENV])
+    return Path.home() / ".cache" / "ganforge" / INCEPTION_FILE
+
+
+def inception_feature(weights: str | Path | None = None) -> nn.Module:
+    """torchmetrics' standard Inception-v3 pool3 (2048) feature network with locally stored weights; a clear
+    ValueError when torch-fidelity (`pip install -e '.[fid]'`) or the weights file is missing."""
+    path = inception_weights_path(weights)
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
-
-        NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
-    except Exception as e:  # missing torch-fidelity, or no network to fetch the weights
-        raise ValueError(f"standard Inception FID is not available here ({type(e).__name__}: {e}); install "
-                         "torch-fidelity and put its Inception weights in the torch hub cache, or use "
-                         "--features domain") from None
-    return 2048
+        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+    except ImportError as e:  # pragma: no cover - torchmetrics is a base dependency
+        raise ValueError(f"standard Inception FID needs torchmetrics ({e})") from None
+    if not _TORCH_FIDELITY_AVAILABLE:
+        raise ValueError("standard Inception FID needs torch-fidelity: pip install -e '.[fid]' (or use "
+                         "--features domain)")
+    if not path.is_file():
+        raise ValueError(f"standard Inception FID: no weights file at {path}; put {INCEPTION_FILE} there "
+                         f"or point --inception-weights / ${INCEPTION_ENV} at it (see docs/data.md; nothing "
+                         "is downloaded), or use --features domain")
+    try:  # tensors only: torch-fidelity loads the file again without weights_only, so check it first
+        torch.load(path, map_location="cpu", weights_only=True)
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                 feature_extractor_weights_path=str(path))
+    except Exception as e:
+        raise ValueError(f"{path}: not a usable Inception-v3 weights file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    net.num_features = 2048
+    return net
 
 
 def as_nchw(images: np.ndarray) -> torch.Tensor:
@@ -129,26 +163,44 @@ def as_nchw(images: np.ndarray) -> torch.Tensor:
     return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
 
 
-def default_classifier(dataset: str) -> Path:
-    """The bundled domain classifier for `dataset`; ValueError when there is none."""
-    if dataset not in DEFAULT_CLASSIFIERS:
-        raise ValueError(f"no bundled domain classifier for dataset {dataset!r}; train one with "
-                         "`ganforge train-classifier --dataset ...` and pass --classifier")
-    return DEFAULT_CLASSIFIERS[dataset]
+def default_classifier(dataset: str, meta: dict[str, Any] | None = None) -> Path:
+    """The domain classifier for a checkpoint's data: the one its run trained or named (provenance
+    `classifier`), else the bundled one for `dataset`; ValueError saying how to make one when there is none."""
+    named = ((meta or {}).get("provenance") or {}).get("classifier")
+    if named and Path(named).is_dir():
+        return Path(named)
+    if dataset in DEFAULT_CLASSIFIERS:
+        return DEFAULT_CLASSIFIERS[dataset]
+    raise ValueError(f"no domain classifier for dataset {dataset!r}: train one with `ganforge train-classifier "
+                     f"--dataset {dataset} --root DATA --out runs/{dataset}_classifier` and pass --classifier")
+
+
+def real_images(meta: dict[str, Any], split: str, limit: int | None = None, seed: int = 0) -> ImageData:
+    """The real `split` images of a checkpoint's training data (from its provenance), as the checkpoint
+    samples them (channels, resolution, fit), read through the DataLoader; a seeded subset of `limit`."""
+    from .datasets import open_dataset
+
+    prov = meta.get("provenance", {})
+    data_cfg = (prov.get("config") or {}).get("data", {})
+    dataset = prov.get("dataset", "fashion-mnist")
+    ds = open_dataset(dataset, split, data_cfg.get("root"), int(data_cfg.get("resolution", 32)),
+                      int(meta["img_channels"]), data_cfg.get("fit") or "crop")
+    idx = None
+    if limit is not None and limit < len(ds):
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return materialize(ds, idx)
 
 
 def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_class: int = 1000, seed: int = 0,
                          features: str = "domain", device: str = "auto", truncation: float | None = None,
-                         ) -> dict[str, Any]:
+                         max_real: int = 10_000, inception_weights: str | None = None) -> dict[str, Any]:
     """The evaluation report of a class-conditional checkpoint (see the module docstring)."""
     from .sample import sample_arrays
 
     dev = pick_device(device)
     images, labels, _, meta = sample_arrays(checkpoint, per_class, seed, truncation=truncation, device=device)
-    prov = meta.get("provenance", {})
-    dataset = prov.get("dataset", "fashion-mnist")
-    root = (prov.get("config") or {}).get("data", {}).get("root")
-    clf_path = Path(classifier) if classifier else default_classifier(dataset)
+    dataset = meta.get("provenance", {}).get("dataset", "fashion-mnist")
+    clf_path = Path(classifier) if classifier else default_classifier(dataset, meta)
     clf, clf_meta = load(clf_path, dev)
     if clf_meta.get("kind") != CLASSIFIER:
         raise ValueError(f"{clf_path} is not a classifier checkpoint (kind={clf_meta.get('kind')!r})")
@@ -156,13 +208,12 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     if list(fake.shape[1:]) != [clf_meta["img_channels"], *clf_meta["native_size"]]:
         raise ValueError(f"samples are {list(fake.shape[1:])} but the classifier expects "
                          f"{[clf_meta['img_channels'], *clf_meta['native_size']]}")
-    channels = meta["img_channels"]
-    test = load_dataset(dataset, "test", root, channels=channels)
-    train = load_dataset(dataset, "train", root, channels=channels)
-    gen = torch.Generator().manual_seed(seed)
-    floor_idx = torch.randperm(len(train), generator=gen)[: len(test)]
-    floor_imgs = train.images[floor_idx]
     names = meta["class_names"]
+    if clf_meta.get("class_names") and list(clf_meta["class_names"]) != list(names):
+        raise ValueError(f"{clf_path} was trained on classes {clf_meta['class_names']}, the checkpoint has {names}")
+    feature: nn.Module | int = DomainFeatures(clf) if features == "domain" else inception_feature(inception_weights)
+    test = real_images(meta, "test", max_real, seed)
+    floor_imgs = real_images(meta, "train", len(test), seed).images  # real-vs-real: a train subset of that size
 
     gen_f, gen_pred = embed(clf, fake)
     test_f, test_pred = embed(clf, test.images)
@@ -171,20 +222,23 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     correct = (gen_pred == labels_t).float()
     per_class_acc = {names[c]: correct[labels_t == c].mean().item() for c in range(len(names))}
 
-    feature: nn.Module | int = DomainFeatures(clf) if features == "domain" else inception_feature()
     model_scores = fid_kid(feature, test.images, fake)
     floor_scores = fid_kid(feature, test.images, floor_imgs)
     precision, recall = precision_recall(test_f, gen_f)
     floor_precision, floor_recall = precision_recall(test_f, floor_f)
     diversity = class_diversity(gen_f, labels_t, test_f, test.labels, len(names))
     ratios = {names[c]: d["ratio"] for c, d in enumerate(diversity)}
+    real_per_class = torch.bincount(test.labels, minlength=len(names)).tolist()
     return {
         "checkpoint": str(checkpoint),
         "kind": CONDITIONAL,
-        "feature_space": "domain" if features == "domain" else "inception-v3 pool3 (2048)",
+        "dataset": dataset,
+        "feature_space": feature_space_name(features, clf_path, inception_weights),
+        "feature_space_other_metrics": f"domain classifier {clf_path}",  # accuracy, precision/recall, diversity
         "classifier": str(clf_path),
         "classifier_test_accuracy": (test_pred == test.labels).float().mean().item(),
         "num_generated": len(fake), "num_real": len(test), "seed": seed, "truncation": truncation,
+        "num_real_per_class": dict(zip(names, real_per_class)),
         "conditional_accuracy": (correct.mean().item()), "conditional_accuracy_per_class": per_class_acc,
         "fid": model_scores["fid"], "fid_floor": floor_scores["fid"],
         "kid": model_scores["kid"], "kid_std": model_scores["kid_std"], "kid_floor": floor_scores["kid"],
@@ -195,6 +249,13 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
         "low_diversity_classes": [n for n, r in ratios.items() if r < 0.85],
         "diversity_per_class": {names[c]: d for c, d in enumerate(diversity)},
     }
+
+
+def feature_space_name(features: str, classifier: Path | None, inception_weights: str | None) -> str:
+    """What a report's FID/KID were measured in, spelled out."""
+    if features == "domain":
+        return f"domain classifier {classifier} penultimate features"
+    return f"inception-v3 pool3 (2048, standard FID) weights {inception_weights_path(inception_weights)}"
 
 
 def _unit(images: np.ndarray) -> torch.Tensor:
@@ -212,7 +273,8 @@ def pixel_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 
 def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: int = 0, features: str = "domain",
-                         device: str = "auto", limit: int | None = None) -> dict[str, Any]:
+                         device: str = "auto", limit: int | None = None,
+                         inception_weights: str | None = None) -> dict[str, Any]:
     """Image-to-image report on the test split: L1/PSNR/SSIM against the targets (and of the input itself
     where its channels match), FID/KID in the domain feature space beside the real-vs-real floor, and class
     preservation (the domain classifier's accuracy on the outputs against the true labels)."""
@@ -230,18 +292,18 @@ def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: i
                               **pixel_metrics(arrays["outputs"], arrays["targets"])}
     if arrays["inputs"].shape == arrays["targets"].shape:
         report.update({f"input_{k}": v for k, v in pixel_metrics(arrays["inputs"], arrays["targets"]).items()})
-    clf_path = Path(classifier) if classifier else (default_classifier(dataset) if dataset in DEFAULT_CLASSIFIERS
-                                                    else None)
-    if clf_path is None:
+    try:
+        clf_path = Path(classifier) if classifier else default_classifier(dataset, meta)
+    except ValueError:
         return report  # no domain feature space for this data: pixel metrics only
     clf, clf_meta = load(clf_path, pick_device(device))
     outputs, targets = as_nchw(arrays["outputs"]), as_nchw(arrays["targets"])
-    feature: nn.Module | int = DomainFeatures(clf) if features == "domain" else inception_feature()
+    feature: nn.Module | int = DomainFeatures(clf) if features == "domain" else inception_feature(inception_weights)
     train = load_dataset(dataset, "train", root, channels=meta["img_channels"])
     floor_idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(targets)]
     scores = fid_kid(feature, targets, outputs)
     floor = fid_kid(feature, targets, train.images[floor_idx])
-    report.update({"feature_space": "domain" if features == "domain" else "inception-v3 pool3 (2048)",
+    report.update({"feature_space": feature_space_name(features, clf_path, inception_weights),
                    "classifier": str(clf_path), "fid": scores["fid"], "kid": scores["kid"],
                    "fid_floor": floor["fid"], "kid_floor": floor["kid"]})
     inputs = as_nchw(arrays["inputs"])
@@ -258,15 +320,20 @@ def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: i
 
 def evaluate(checkpoint: str, classifier: str | None = None, per_class: int = 1000, seed: int = 0,
              features: str = "domain", device: str = "auto", record: bool = False,
-             truncation: float | None = None) -> dict[str, Any]:
+             truncation: float | None = None, inception_weights: str | None = None,
+             max_real: int = 10_000) -> dict[str, Any]:
     """Evaluate any checkpoint by its kind; with `record`, store the headline metrics in its metadata."""
     from models import read_metadata
 
+    if features not in ("domain", "inception"):
+        raise ValueError(f"features must be 'domain' or 'inception', got {features!r}")
     kind = read_metadata(checkpoint).get("kind")
     if kind == CONDITIONAL:
-        report = evaluate_conditional(checkpoint, classifier, per_class, seed, features, device, truncation)
+        report = evaluate_conditional(checkpoint, classifier, per_class, seed, features, device, truncation,
+                                      max_real, inception_weights)
     elif kind == IMAGE_TO_IMAGE:
-        report = evaluate_translation(checkpoint, classifier, seed, features, device)
+        report = evaluate_translation(checkpoint, classifier, seed, features, device,
+                                      inception_weights=inception_weights)
     else:
         raise ValueError(f"cannot evaluate a {kind!r} checkpoint; supported: {list(GENERATOR_KINDS)}")
     if record:

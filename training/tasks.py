@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -19,11 +19,12 @@ from models.checkpoint import CONDITIONAL, IMAGE_TO_IMAGE, build_metadata
 from models.sampling import generate, grid, to_uint8
 
 from .config import TrainConfig, to_dict
-from .data import geometry, load_dataset
+from .data import geometry, prepare
+from .datasets import open_dataset
 from .ema import recalibrate_batchnorm
+from .loader import GlobalBatchSampler, batches, make_loader
 from .regularizers import mode_seeking_loss
 from .sample import save_png
-from .sampler import BatchSampler
 
 
 def _provenance(cfg: TrainConfig, step: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -38,25 +39,31 @@ class ConditionalTask:
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.data = load_dataset(cfg.data.name, "train", cfg.data.root, cfg.data.resolution, cfg.data.channels)
+        d = cfg.data
+        self.data = open_dataset(d.name, "train", d.root, d.resolution, d.channels, d.fit)  # streamed from disk
         self.num_classes = len(self.data.class_names)
+        self.hflip = self.data.hflip if d.hflip is None else d.hflip
 
     def __len__(self) -> int:
         return len(self.data)
 
     def arch_defaults(self) -> tuple[dict[str, Any], dict[str, Any]]:
         common = {"num_classes": self.num_classes, "img_resolution": self.cfg.data.resolution,
-                  "img_channels": int(self.data.images.shape[1])}
+                  "img_channels": self.data.channels}
         return common, common
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from .data import prepare
+    def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(labels, images in [-1, 1] at the model resolution) for the sampler's draws, decoded in workers."""
+        loader = make_loader(self.data, sampler, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
+        for images, labels in batches(loader):
+            yield labels.to(self.device), prepare(images, self.cfg.data.resolution).to(self.device)
 
-        return self.data.labels[idx].to(self.device), prepare(self.data.images[idx], self.cfg.data.resolution).to(
-            self.device)
+    def noise(self, G: nn.Module, noise_gen: torch.Generator, rows: slice) -> torch.Tensor:
+        """z for this rank's `rows` of the global batch, drawn for the whole global batch from the stream all
+        ranks share: the ranks get distinct z, and the run draws the same z on any world size."""
+        return torch.randn(self.cfg.batch_size, G.z_dim, generator=noise_gen)[rows].to(self.device)
 
-    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(len(cond), G.z_dim, generator=noise_gen).to(self.device)
+    def fake(self, G: nn.Module, cond: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return G(z, cond), z
 
     def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -73,7 +80,7 @@ class ConditionalTask:
     def metadata(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
         _, native = geometry(self.data.native_size, self.cfg.data.resolution)
         return build_metadata(self.kind, self.data.class_names, self.cfg.data.resolution,
-                              int(self.data.images.shape[1]), native,
+                              self.data.channels, native,
                               provenance=_provenance(self.cfg, step, extra), metrics={})
 
     def save_grid(self, G: nn.Module, meta: dict[str, Any], path: Path, max_rows: int = 16) -> None:
@@ -104,18 +111,28 @@ class TranslationTask:
                   "img_resolution": self.cfg.data.resolution}
         return common, common
 
+    hflip = False  # a flip would have to apply to both images of a pair
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         source, target = self.data.batch(idx, self.cfg.data.resolution)
         return source.to(self.device), target.to(self.device)
 
-    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, None]:
-        return G(cond), None  # dropout is the noise source
+    def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(source, target) for the sampler's draws; the pairs are in memory, so no worker processes."""
+        for keys in sampler:
+            yield self.batch(torch.tensor([i for i, _ in keys], dtype=torch.long))
+
+    def noise(self, G: nn.Module, noise_gen: torch.Generator, rows: slice) -> None:
+        return None  # dropout is the noise source
+
+    def fake(self, G: nn.Module, cond: torch.Tensor, z: None) -> tuple[torch.Tensor, None]:
+        return G(cond), None
 
     def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: None) -> torch.Tensor:
         return self.cfg.l1_weight * F.l1_loss(fake.float(), real.float())
 
     def recalibrate(self, G: nn.Module, batches: int) -> None:
-        sampler = BatchSampler(len(self.data), 64, self.cfg.seed + 7)
+        sampler = GlobalBatchSampler(len(self.data), min(64, len(self.data)), self.cfg.seed + 7)
         recalibrate_batchnorm(G, lambda i: (self.batch(sampler.indices(i))[0],), batches)
 
     def metadata(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def monitor(tmp_path_factory):
     clf = shapes_classifier(tmp_path_factory.mktemp("clf"))
     cfg = from_dict(tiny_run(tmp_path_factory.mktemp("run"), classifier=str(clf)))
     task = ConditionalTask(cfg, torch.device("cpu"))
-    return CollapseMonitor(cfg, task, torch.device("cpu")), task
+    return CollapseMonitor(cfg, task, torch.device("cpu"), clf), task
 
 
 def test_alarm_fires_on_a_collapsed_class_only(monitor):
@@ -52,14 +52,14 @@ def test_alarm_waits_for_a_fall_or_the_warmup(tmp_path, monitor):
     """Low diversity before warm-up alarms only for a class that had been varied before (reached collapse_arm,
     then fell below the threshold); from step collapse_warmup on, any class below the threshold alarms."""
     cfg = from_dict(tiny_run(tmp_path, classifier=str(monitor[0].cfg.classifier), collapse_warmup=300))
-    mon = CollapseMonitor(cfg, monitor[1], torch.device("cpu"))
+    mon = CollapseMonitor(cfg, monitor[1], torch.device("cpu"), cfg.classifier)
     assert (cfg.collapse_threshold, cfg.collapse_arm) == (0.5, 0.8)
     assert mon.collapsed({"a": 0.2, "b": 0.9}, step=100) == {}  # untrained-looking a: not yet a collapse
     assert mon.collapsed({"a": 0.6, "b": 0.3}, step=200) == {"b": 0.3}  # b fell from 0.9
     assert mon.collapsed({"a": 0.45, "b": 0.3}, step=250) == {"b": 0.3}  # a wobbles near 0.5, never armed
     assert mon.collapsed({"a": 0.85, "b": 0.3}, step=260) == {"b": 0.3}
     assert mon.collapsed({"a": 0.4, "b": 0.3}, step=270) == {"a": 0.4, "b": 0.3}  # a fell from 0.85
-    late = CollapseMonitor(cfg, monitor[1], torch.device("cpu"))
+    late = CollapseMonitor(cfg, monitor[1], torch.device("cpu"), cfg.classifier)
     assert late.collapsed({"a": 0.2, "b": 0.9}, step=300) == {"a": 0.2}  # never varied by the warm-up
 
 

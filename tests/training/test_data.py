@@ -59,7 +59,7 @@ def test_mnist_through_torchvision_from_raw_idx_files(tmp_path):
     assert data.class_names[0].startswith("0")
 
 
-def test_cifar10_through_torchvision_from_pickled_batches(tmp_path):
+def test_cifar10_from_pickled_batches(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(2)
@@ -76,9 +76,10 @@ def test_cifar10_through_torchvision_from_pickled_batches(tmp_path):
 def test_imagefolder_classes_from_subfolders(tmp_path):
     for cls, colour in (("cats", (255, 0, 0)), ("dogs", (0, 0, 255))):
         (tmp_path / cls).mkdir()
-        for i in range(2):
+        for i in range(3):  # the last of a class is held out as its test split
             Image.new("RGB", (40, 30), colour).save(tmp_path / cls / f"{i}.png")
     data = load_dataset("imagefolder", "train", root=str(tmp_path), resolution=16)
+    assert load_dataset("imagefolder", "test", root=str(tmp_path), resolution=16).labels.tolist() == [0, 1]
     assert data.class_names == ["cats", "dogs"] and data.images.shape == (4, 3, 16, 16)
     assert data.labels.tolist() == [0, 0, 1, 1] and data.images[0, 0].float().mean() > 250
     with pytest.raises(ValueError, match="data.root"):
