@@ -23,7 +23,7 @@ from . import precision
 
 logger = logging.getLogger("ganforge.service")
 
-KINDS = GENERATOR_KINDS  # the checkpoint kinds the service serves (and `ganforge export` takes)
+KINDS = GENERATOR_KINDS  # the checkpoint kinds the service serves (`ganforge export` also stores classifiers)
 
 
 @dataclass

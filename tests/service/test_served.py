@@ -1,4 +1,5 @@
-"""Device/dtype choice and its low-precision safety check (on CPU, where bfloat16/float16 also run); the served model."""
+"""Device/dtype choice and its low-precision safety check (on CPU, where bfloat16/float16 also run);
+the served model and its weights check."""
 from __future__ import annotations
 
 import copy
