@@ -32,7 +32,6 @@ def test_missing_weights_file_is_a_clear_error_and_nothing_is_downloaded(tmp_pat
         inception_feature(tmp_path / "junk.pth")
 
 
-@pytest.mark.slow  # ~40 s on 2 busy cores: Inception-v3 at 299 px on the CPU
 def test_inception_fid_kid_from_a_local_weights_file(stand_in_weights):
     with mock.patch("torch.hub.load_state_dict_from_url", side_effect=AssertionError("download attempted")):
         net = inception_feature(stand_in_weights)
