@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--features", default="domain", choices=["domain", "inception"],
                    help="FID/KID feature space: the domain classifier, or standard Inception-v3 (needs .[fid])")
     e.add_argument("--inception-weights", default=None, help="Inception-v3 weights file (default: "
-                   "$GANFORGE_INCEPTION_WEIGHTS or ~/.cache/ganforge/weights-inception-2015-12-05-6726825d.pth)")
+                   "~/.cache/ganforge/weights-inception-2015-12-05-6726825d.pth)")
     e.add_argument("--max-real", type=int, default=10_000, help="real test images compared (a seeded subset)")
     e.add_argument("--per-class", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)

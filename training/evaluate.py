@@ -7,7 +7,6 @@ pairwise feature distance of a class's samples divided by that of the real test 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -117,16 +116,11 @@ def fid_kid(feature: nn.Module | int, real: torch.Tensor, fake: torch.Tensor, su
 
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's Inception-v3 (FID's standard)
-INCEPTION_ENV = "GANFORGE_INCEPTION_WEIGHTS"
-
-
 def inception_weights_path(path: str | Path | None = None) -> Path:
-    """Where the standard Inception weights are read from: `path`, else $GANFORGE_INCEPTION_WEIGHTS, else
+    """Where the standard Inception weights are read from: `path` (--inception-weights), else
     ~/.cache/ganforge/weights-inception-2015-12-05-6726825d.pth. Nothing is downloaded."""
     if path:
         return Path(path)
-    if os.environ.get(INCEPTION_ENV):
-        return Path(os.environ[INCEPTION_ENV])
     return Path.home() / ".cache" / "ganforge" / INCEPTION_FILE
 
 
@@ -144,7 +138,7 @@ def inception_feature(weights: str | Path | None = None) -> nn.Module:
                          "--features domain)")
     if not path.is_file():
         raise ValueError(f"standard Inception FID: no weights file at {path}; put {INCEPTION_FILE} there "
-                         f"or point --inception-weights / ${INCEPTION_ENV} at it (see docs/data.md; nothing "
+                         "or point --inception-weights at it (see docs/data.md; nothing "
                          "is downloaded), or use --features domain")
     try:  # tensors only: torch-fidelity loads the file again without weights_only, so check it first
         torch.load(path, map_location="cpu", weights_only=True)

@@ -9,6 +9,7 @@ from models import load
 from tests.training.helpers import shapes_classifier, train_tiny
 from training.config import from_dict
 from training.collapse import CollapseMonitor
+from training.datasets import materialize
 from training.tasks import ConditionalTask
 from tests.training.helpers import tiny_run
 
@@ -42,9 +43,10 @@ def monitor(tmp_path_factory):
 def test_alarm_fires_on_a_collapsed_class_only(monitor):
     mon, task = monitor
     meta = task.metadata(0, {})
-    healthy = mon.check(Replay(task.data.images[:800], task.data.labels[:800]), meta)
+    real = materialize(task.data, range(800))  # the training images, read through the DataLoader
+    healthy = mon.check(Replay(real.images, real.labels), meta)
     assert min(healthy.values()) > 0.8, healthy
-    broken = mon.check(Replay(task.data.images[:800], task.data.labels[:800], collapsed_classes={2}), meta)
+    broken = mon.check(Replay(real.images, real.labels, collapsed_classes={2}), meta)
     assert broken["triangle"] < 0.05 and min(v for k, v in broken.items() if k != "triangle") > 0.8, broken
 
 

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from models import load
 from tests.conftest import PROJECT_ROOT
@@ -22,7 +21,6 @@ def sets(*items):
     return [a for s in items for a in ("--set", s)]
 
 
-@pytest.mark.slow  # 3 min at load 11 on 2 shared cores: a classifier, a GAN, two collapse checks, evaluate
 def test_imagefolder_64px_trains_a_classifier_and_a_gan_and_evaluates_per_class(tmp_path, capsys):
     photos = write_imagefolder(tmp_path / "photos", per_class=10, classes=("cat", "dog"))
     clf = tmp_path / "clf"
@@ -45,7 +43,6 @@ def test_imagefolder_64px_trains_a_classifier_and_a_gan_and_evaluates_per_class(
     assert ev["num_generated"] == 8 and np.isfinite(ev["fid"])
 
 
-@pytest.mark.slow  # the auto classifier runs its full 100-step minimum
 def test_classifier_auto_trains_one_and_no_classifier_only_warns(tmp_path, capsys):
     photos = write_imagefolder(tmp_path / "photos", per_class=10, classes=("fox", "owl", "elk"))
     run = [f"data.root={photos}", "data.resolution=16", f"workdir={tmp_path / 'run'}",

@@ -4,7 +4,7 @@ from unittest import mock
 import pytest
 import torch
 
-from training.evaluate import INCEPTION_ENV, feature_space_name, fid_kid, inception_feature
+from training.evaluate import feature_space_name, fid_kid, inception_feature
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +23,15 @@ def stand_in_weights(tmp_path_factory):
 
 
 def test_missing_weights_file_is_a_clear_error_and_nothing_is_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setenv(INCEPTION_ENV, str(tmp_path / "absent.pth"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default place: ~/.cache/ganforge/
     with mock.patch("torch.hub.load_state_dict_from_url", side_effect=AssertionError("download attempted")):
-        with pytest.raises(ValueError, match=r"no weights file at .*absent\.pth.*docs/data\.md"):
+        with pytest.raises(ValueError, match=r"no weights file at .*\.cache/ganforge/weights-inception.*docs/data\.md"):
             inception_feature()
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.pth: not a usable Inception-v3 weights file"):
         inception_feature(tmp_path / "junk.pth")
 
 
-@pytest.mark.slow  # ~40 s on 2 busy cores: Inception-v3 at 299 px on the CPU
 def test_inception_fid_kid_from_a_local_weights_file(stand_in_weights):
     with mock.patch("torch.hub.load_state_dict_from_url", side_effect=AssertionError("download attempted")):
         net = inception_feature(stand_in_weights)
