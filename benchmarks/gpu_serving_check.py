@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_serving_check.py > gpu_check.json
 
-Loads each bundled checkpoint through `service.runtime.load_served` (device and dtype `auto`, as the service
+Loads each bundled checkpoint through `service.served.load_served` (device and dtype `auto`, as the service
 does), and reports the dtype chosen with its precision check, whether the same seed gives the same image,
 how far the GPU's images are from the CPU's, and the raw images/s of `render` at batch 1/16/64 in float32 and
 in the chosen dtype (2 s each). The store model is stood in for by the checkpoint folder, so only torch,
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models import load  # noqa: E402
 from models.sampling import generate, to_uint8  # noqa: E402
-from service.runtime import load_served, render, translate  # noqa: E402
+from service.served import load_served, render, translate  # noqa: E402
 
 
 def images_per_second(served, batch: int, seconds: float = 2.0) -> int:

@@ -48,7 +48,7 @@ def class_index(class_names: Sequence[str], value: str | int) -> int:
             return int(value)
         raise ValueError(f"class index {value} out of range 0..{n - 1}; classes: {list(class_names)}")
     text = str(value).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "²".isdigit() is True but int("²") fails
         return class_index(class_names, int(text))
     idx = class_aliases(class_names).get(_norm(text))
     if idx is None or not _norm(text):

@@ -49,6 +49,9 @@ class Settings:
     max_upload_bytes: int = 4 << 20  # GANFORGE_MAX_UPLOAD_BYTES: /translate upload size
     max_pixels: int = 1 << 20  # GANFORGE_MAX_PIXELS: /translate width * height (decompression bombs)
     max_side: int = 2048  # GANFORGE_MAX_SIDE: /translate width and height
+    max_uploads: int = 4  # GANFORGE_MAX_UPLOADS: /translate uploads read and processed at once per worker
+    #                       (the others wait); bounds the memory uploads hold (docs/http-api.md)
+    body_timeout_s: int = 10  # GANFORGE_BODY_TIMEOUT: seconds a request body may stall before a 408
     gpus: int = 0  # GANFORGE_GPUS: GPUs requested from the scheduler (BentoCloud / bentoml resources)
     jobs_dir: str = ""  # GANFORGE_JOBS_DIR: augmentation jobs and their results; empty: $BENTOML_HOME/ganforge_jobs
     job_max_images: int = 100_000  # GANFORGE_JOB_MAX_IMAGES: images per augmentation job
@@ -85,6 +88,8 @@ class Settings:
             max_upload_bytes=_int(env, "GANFORGE_MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1024, 1 << 30),
             max_pixels=_int(env, "GANFORGE_MAX_PIXELS", cls.max_pixels, 1, 1 << 28),
             max_side=_int(env, "GANFORGE_MAX_SIDE", cls.max_side, 1, 1 << 16),
+            max_uploads=_int(env, "GANFORGE_MAX_UPLOADS", cls.max_uploads, 1, 1024),
+            body_timeout_s=_int(env, "GANFORGE_BODY_TIMEOUT", cls.body_timeout_s, 1, 3600),
             gpus=_int(env, "GANFORGE_GPUS", cls.gpus, 0, 64),
             jobs_dir=env.get("GANFORGE_JOBS_DIR", "").strip(),
             job_max_images=_int(env, "GANFORGE_JOB_MAX_IMAGES", cls.job_max_images, 1, 100_000_000),
@@ -104,7 +109,7 @@ class Settings:
     def public(self) -> dict:
         """The limits and batching settings clients may rely on (reported by /models)."""
         keep = ("max_n", "batching", "max_batch_size", "max_latency_ms", "threads", "workers", "timeout_s",
-                "max_upload_bytes", "max_pixels", "max_side", "max_json_bytes", "job_max_images", "job_max_active",
+                "max_upload_bytes", "max_pixels", "max_side", "max_uploads", "body_timeout_s", "max_json_bytes", "job_max_images", "job_max_active",
                 "job_batch_size", "job_chunk_size", "job_quiet_ms")
         return {name: getattr(self, name) for name in keep}
 

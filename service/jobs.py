@@ -1,7 +1,7 @@
 """Augmentation jobs inside the service: checked at submit, kept on disk, run by a background thread.
 
 The images come from `models.augment` (the engine of `ganforge augment`) rendering through
-`runtime.render`, the function behind the online batched route. Jobs folder (GANFORGE_JOBS_DIR, default
+`served.render`, the function behind the online batched route. Jobs folder (GANFORGE_JOBS_DIR, default
 `$BENTOML_HOME/ganforge_jobs`), one folder per job, named by its id:
 
     <id>/job.json          the resolved job (the models.augment spec, served model and store tag, the request,
@@ -17,7 +17,7 @@ from its last whole chunk; after MAX_INTERRUPTIONS such deaths it is marked fail
 whose model is no longer served, or is served with other weights, fails with a reason instead of running.
 
 Online requests come first: before each of its forward passes (`job_batch_size` images) a job waits until
-no online request is in flight (`runtime.OnlineGate`, at most `batch_wait_s`), and it sleeps `pause_s`
+no online request is in flight (`OnlineGate`, at most `batch_wait_s`), and it sleeps `pause_s`
 after each batch. An online request therefore waits for at most one small job batch.
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ from models import augment
 from models.augment import AugmentJob
 from models.checkpoint import atomic_write
 
-from . import runtime
+from .gate import OnlineGate
+from .served import Served, render
 
 logger = logging.getLogger("ganforge.service")
 
@@ -78,7 +79,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 class JobManager:
     """Submit, inspect and run the augmentation jobs stored under `root` for the models in `served`."""
 
-    def __init__(self, root: str | os.PathLike, served: Mapping[str, runtime.Served], gate: runtime.OnlineGate,
+    def __init__(self, root: str | os.PathLike, served: Mapping[str, Served], gate: OnlineGate,
                  max_active: int = 16, batch_wait_s: float = 1.0, pause_s: float = 0.0, poll_s: float = 2.0):
         self.root = Path(root)
         self.served = served
@@ -191,14 +192,14 @@ class JobManager:
             self._set(folder, state, state="failed", finished=_now(), error=f"{type(e).__name__}: {e}")
         return True
 
-    def _renderer(self, served: runtime.Served, truncation: float | None) -> augment.Render:
-        def render(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    def _renderer(self, served: Served, truncation: float | None) -> augment.Render:
+        def render_batch(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
             self.gate.wait_idle(self.batch_wait_s)  # online requests first
             if self._stop.is_set():
                 raise _Stopping
-            return runtime.render(served, labels.tolist(), seeds.tolist(), truncation)
+            return render(served, labels.tolist(), seeds.tolist(), truncation)
 
-        return render
+        return render_batch
 
     def _between_batches(self) -> None:
         if self.pause_s:

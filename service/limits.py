@@ -1,50 +1,113 @@
-"""ASGI middleware bounding what one request can make the server hold, before BentoML parses anything.
+"""ASGI middleware in front of BentoML: what one request may send and what every error answer looks like.
 
-- Every request body is read into memory up to a per-route byte limit (upload routes get a larger one)
-  and refused with 413 beyond it, whether or not the client sent Content-Length.
-- On upload routes the file field must be a real multipart file part: BentoML would otherwise accept a
-  URL string there and download it, with no size limit, from the server.
-Errors use BentoML's validation-error shape: {"error": ..., "detail": [{"type", "loc", "msg"}]}.
+Requests, before BentoML parses anything:
+- /internal/* routes are for the worker itself (the batched renderer is called in process): 404 from outside.
+- JSON routes take `application/json` only (415 otherwise): BentoML would also parse forms, plain text and
+  multipart bodies there (a cross-site HTML form could submit jobs; a binary file part made its multipart
+  parser fail with a 500). Upload routes take `multipart/form-data` only.
+- Every request body is read into memory up to a per-route byte limit (upload routes get a larger one) and
+  refused with 413 beyond it, whether or not the client sent Content-Length. A body that stops arriving for
+  `body_timeout_s` seconds (shorter than its Content-Length, or a stalled client) is answered 408 instead of
+  holding the request for the whole request timeout.
+- Upload routes read and process at most `max_uploads` bodies at a time (the others wait, holding nothing but
+  their socket), so the memory uploads in flight hold is bounded: about max_uploads x (body + BentoML's copy
+  + decoded image + model work); docs/http-api.md states the worst case.
+- On upload routes the file field must be a real multipart file part: BentoML would otherwise accept a URL
+  string there and download it, with no size limit, from the server.
+
+Answers: every error body of an API route is one JSON object {"error": str, "detail"?: [{type, loc, msg}]}
+(BentoML answers 404/409/429 with a one-element array and 503 with "An unexpected error has occurred"; both
+are rewritten here, 503 with a message that says the server is overloaded and a Retry-After header).
 """
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Collection
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # BentoML parses both as forms
+INTERNAL_PREFIX = "/internal/"
+MAX_ERROR_BODY = 1 << 16  # error answers are small; larger ones pass through unchanged
 
 
-async def _reply(send: Send, status: int, error: str, field: str | None = None, kind: str = "invalid_request") -> None:
+def error_body(error: str, field: str | None = None, kind: str = "invalid_request") -> bytes:
     payload: dict[str, Any] = {"error": error}
     if field:
         payload["detail"] = [{"type": kind, "loc": [field], "msg": error}]
-    body = json.dumps(payload).encode()
+    return json.dumps(payload).encode()
+
+
+async def _reply(send: Send, status: int, error: str, field: str | None = None, kind: str = "invalid_request",
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    body = error_body(error, field, kind)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestLimits:
-    """Bounded request bodies for the whole app; `uploads` maps route path -> its file field."""
+def _media_type(headers: dict[str, str]) -> str | None:
+    value = headers.get("content-type")
+    return None if value is None else value.split(";")[0].strip().lower()
 
-    def __init__(self, app: Any, max_bytes: int, max_upload_bytes: int, uploads: dict[str, str]) -> None:
+
+class RequestLimits:
+    """Bounded, typed request bodies and one error shape for the whole app.
+
+    `uploads` maps upload route -> its file field; `json_routes` are the other API routes; `overload_hint`
+    and `timeout_hint` finish the 503 and 504 messages (which setting to raise)."""
+
+    def __init__(self, app: Any, max_bytes: int, max_upload_bytes: int, uploads: dict[str, str],
+                 json_routes: Collection[str] = (), body_timeout_s: float = 10.0, max_uploads: int = 8,
+                 overload_hint: str = "", timeout_hint: str = "") -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_upload_bytes = max_upload_bytes
         self.uploads = uploads
+        self.json_routes = frozenset(json_routes)
+        self.body_timeout_s = body_timeout_s
+        self.max_uploads = max_uploads
+        self.uploads_in_flight = 0
+        self._upload_slots: asyncio.Semaphore | None = None
+        self.overload_hint = overload_hint
+        self.timeout_hint = timeout_hint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
+        if path.startswith(INTERNAL_PREFIX):
+            await _reply(send, 404, f"no route {path}: internal routes are not served over HTTP")
+            return
         file_field = self.uploads.get(path)
-        limit = self.max_upload_bytes if file_field else self.max_bytes
+        if file_field is None:
+            await self._admitted(scope, receive, send, path, None)
+            return
+        if self._upload_slots is None:  # made here: it belongs to the worker's event loop
+            self._upload_slots = asyncio.Semaphore(self.max_uploads)
+        async with self._upload_slots:  # waiting requests have sent nothing we hold yet
+            self.uploads_in_flight += 1
+            try:
+                await self._admitted(scope, receive, send, path, file_field)
+            finally:
+                self.uploads_in_flight -= 1
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send, path: str, file_field: str | None) -> None:
+        api = file_field is not None or path in self.json_routes
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        media = _media_type(headers)
+        if api and scope.get("method") == "POST":
+            wanted = "multipart/form-data" if file_field else "application/json"
+            if (media is not None or file_field) and media != wanted:
+                await _reply(send, 415, f"{path} takes Content-Type {wanted}, not {media or 'none'}"
+                             + (f" (e.g. curl -F {file_field}=@picture.png)" if file_field else ""))
+                return
+        limit = self.max_upload_bytes if file_field else self.max_bytes
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
@@ -54,8 +117,14 @@ class RequestLimits:
                 await _reply(send, 413, f"request body of {int(declared)} bytes; the limit for {path} is {limit}")
                 return
         chunks, total = [], 0
-        while True:  # read the body here (bounded) and replay it to the app below
-            message = await receive()
+        while True:  # read the body here (bounded in size and time) and replay it to the app below
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                expected = f" of the {declared} declared" if declared is not None else ""
+                await _reply(send, 408, f"the request body stopped arriving: {total} bytes{expected} received, "
+                                        f"then nothing for {self.body_timeout_s:g} s")
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -67,6 +136,7 @@ class RequestLimits:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        del chunks
         if file_field and body:
             problem = await _file_field_problem(scope, body, file_field)
             if problem:
@@ -82,25 +152,71 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: wait for the disconnect like the real channel
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, self._uniform_errors(send) if api else send)
+
+    def _uniform_errors(self, send: Send) -> Send:
+        """`send` with error answers rewritten to one JSON object (see the module docstring)."""
+        held: dict[str, Any] = {}
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held["start"], held["body"] = message, b""
+                return
+            if "start" not in held or message["type"] != "http.response.body":
+                await send(message)
+                return
+            held["body"] += message.get("body", b"")
+            if message.get("more_body", False) and len(held["body"]) <= MAX_ERROR_BODY:
+                return
+            start, body = held.pop("start"), held.pop("body")
+            status = start["status"]
+            if not message.get("more_body", False):
+                body, extra = self._rewritten(status, body)
+                headers = [(k, v) for k, v in start.get("headers", [])
+                           if k.lower() not in (b"content-length", b"content-type")]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra]
+                start = {**start, "headers": headers}
+            await send(start)
+            await send({**message, "body": body})
+
+        return wrapped
+
+    def _rewritten(self, status: int, body: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+            data = data[0]  # BentoML's ({"error": ...},) for 4xx BentoMLExceptions
+        if status == 503:
+            return error_body("the server is overloaded: this request would wait longer than the latency budget "
+                              f"for the model{self.overload_hint}; retry shortly"), [(b"retry-after", b"1")]
+        if status == 504:
+            return error_body(f"the request did not finish within the request timeout{self.timeout_hint}"), []
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            return json.dumps(data).encode(), []
+        text = body.decode("utf-8", "replace").strip() if not isinstance(data, (dict, list)) else ""
+        return error_body(text or {404: "not found", 405: "method not allowed"}.get(status, f"HTTP {status}")), []
 
 
 async def _file_field_problem(scope: Scope, body: bytes, file_field: str) -> str | None:
-    """Why a multipart body's `file_field` is unacceptable (not a file part, several files), or None."""
+    """Why a multipart body's `file_field` is unacceptable (not a file part, several files), or None.
+
+    Browsers (Swagger UI's "Try it out") send every form field as a part with a filename, so only the file
+    field must be a file; other fields may be either (BentoML reads their text)."""
     from starlette.datastructures import UploadFile
     from starlette.requests import Request
 
-    content_type = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"content-type"),
-                        "")
-    media_type = content_type.split(";")[0].strip().lower()
-    if media_type not in FORM_TYPES:
-        return None  # JSON and other bodies cannot carry a file: BentoML's own validation answers them
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    if _media_type(headers) not in FORM_TYPES:
+        return None
 
     async def receive() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(scope, receive).form(max_files=1, max_fields=16)
+        form = await Request(scope, receive).form(max_files=16, max_fields=16)
     except Exception as e:  # starlette's MultiPartException / HTTPException for malformed or oversized parts
         return f"malformed multipart body: {getattr(e, 'detail', None) or e}"
     try:

@@ -10,13 +10,12 @@ Concurrent /generate and /generate_image requests are merged: each is cut into o
 to the adaptive batcher BentoML runs for the batchable `render_batch` API (in process, see `_render`), which
 merges items from concurrent requests into one generator forward pass of at most GANFORGE_MAX_BATCH_SIZE
 images. Public APIs are `async` and only validate and wait, so the worker's `threads` go to the model.
-Augmentation jobs render through the same `runtime.render` in a background thread that gives way to
+Augmentation jobs render through the same `served.render` in a background thread that gives way to
 online requests between its small batches (service/jobs.py). Settings come from GANFORGE_* variables
 (service/config.py).
 """
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import math
@@ -34,7 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from models.augment import AugmentJob, resolve_counts
 from models.sampling import MAX_SEED, class_index, grid, image_shape
 
-from . import runtime
+from . import bentoml_internals, codec, uploads
+from .gate import OnlineGate
+from .served import KINDS, Served, load_served, render, translate
 from .config import SETTINGS, jobs_root
 from .jobs import JobManager, JobNotFound, JobNotReady, TooManyJobs
 from .limits import RequestLimits
@@ -79,12 +80,12 @@ def _declare_models(cls: type) -> type:
 @_declare_models
 class Generator:
     def __init__(self) -> None:
-        self.served: dict[str, runtime.Served] = {}
+        self.served: dict[str, Served] = {}
         for name, ref in MODEL_REFS.items():
-            self.served[name] = runtime.load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
+            self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
             s = self.served[name]
             logger.info("serving %s (%s) on %s as %s", s.tag, s.kind, s.device, s.dtype)
-        self.gate = runtime.OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way
+        self.gate = OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way
         self.jobs = JobManager(jobs_root(SETTINGS), self.served, self.gate, max_active=SETTINGS.job_max_active,
                                batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000)
         self.jobs.start()  # resumes the jobs an earlier run left unfinished
@@ -121,7 +122,7 @@ class Generator:
 
         def assemble() -> Image.Image:
             shape = image_shape(served.meta)
-            images = np.stack([runtime.from_raw_b64(p, shape) for p in pixels])
+            images = np.stack([codec.from_raw_b64(p, shape) for p in pixels])
             picture = images[0] if len(images) == 1 else grid(images, nrow)
             if request.scale > 1:
                 picture = picture.repeat(request.scale, axis=0).repeat(request.scale, axis=1)
@@ -134,10 +135,10 @@ class Generator:
     @bentoml.api(route="/internal/render_batch", batchable=SETTINGS.batching, batch_dim=0,
                  max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def render_batch(self, items: list[RenderItem]) -> list[Optional[str]]:
-        """Internal (called by /generate and /generate_image): one base64 string per item, a PNG or the raw
-        pixels as the item asks; items of one model and truncation share a forward pass. An item naming an
-        unserved model or class gets null, so one bad item sent here by hand cannot fail the other requests
-        merged into its batch."""
+        """Internal (called in process by /generate and /generate_image through the batcher; the middleware
+        answers 404 to /internal/* over HTTP): one base64 string per item, a PNG or the raw pixels as the item
+        asks; items of one model and truncation share a forward pass. An item naming an unserved model or
+        class gets null, so one bad item cannot fail the other requests merged into its batch."""
         out: list[Optional[str]] = [None] * len(items)
         groups: dict[tuple[str, Optional[float]], list[int]] = {}
         for i, item in enumerate(items):
@@ -145,14 +146,14 @@ class Generator:
             if served and served.kind == "conditional" and item.label < len(served.meta["class_names"]):
                 groups.setdefault((item.model, item.truncation), []).append(i)
         for (name, truncation), index in groups.items():
-            images = runtime.render(self.served[name], [items[i].label for i in index],
+            images = render(self.served[name], [items[i].label for i in index],
                                     [items[i].seed for i in index], truncation)
             for i, image in zip(index, images):
-                out[i] = runtime.png_b64(image) if items[i].encoding == "png" else runtime.raw_b64(image)
+                out[i] = codec.png_b64(image) if items[i].encoding == "png" else codec.raw_b64(image)
         return out
 
     async def _generate(self, request: GenerateRequest,
-                        encoding: str) -> tuple[runtime.Served, int, int, list[str]]:
+                        encoding: str) -> tuple[Served, int, int, list[str]]:
         served = self._pick(request.model, "conditional")
         try:
             label = class_index(served.meta["class_names"], request.class_name)
@@ -172,35 +173,17 @@ class Generator:
 
         In a server, the items go straight to the batcher BentoML built for the render_batch route (its
         `CorkDispatcher`, the same queue, limits and `adaptive_batch_size` metric an HTTP call to the route
-        gets), found once through that route. This skips the HTTP round trip a self-call through
-        `self.to_async` costs (serialise, ASGI, middleware, validate, serialise back: several ms of
-        event-loop time per request, which kept the batcher from seeing more than ~2 requests per pass).
-        If a BentoML version lays its app out differently, the self-client is the fallback; called
-        directly (no server), the class renders in the caller's thread. `alone`: no other online request is
-        in flight, so the batcher should not hold this one for company (see `_batch_infer`)."""
+        would get; see service/bentoml_internals.py). Called directly (no server), or if a BentoML version
+        lays its app out differently, the items are rendered in a worker thread, one request per pass.
+        `alone`: no other online request is in flight, so the batcher should not hold this one for company."""
         if not hasattr(self, "_dispatch"):
-            self._dispatch = _route_batcher(getattr(self, "to_async", None), "render_batch")
-            if self._dispatch is None and SETTINGS.batching and hasattr(self, "to_async"):
-                logger.warning("render_batch's batcher not found in the app; requests take the self-client")
+            app = bentoml_internals.served_app(self)
+            self._dispatch = None if app is None else bentoml_internals.route_batcher(app, "render_batch")
+            if app is not None and self._dispatch is None and SETTINGS.batching:
+                logger.warning("render_batch's batcher not found in BentoML's app; requests are not merged")
         if self._dispatch is not None:
             return await self._dispatch(items, alone)
-        client = self._batch_client()
-        return self.render_batch(items) if client is None else await client.render_batch(items)
-
-    def _batch_client(self):
-        """BentoML's in-process client to this service (set by the server; None when the class is called
-        directly): the fallback path of `_render`.
-
-        BentoML 1.4.30+ (`_bentoml_impl/client/proxy2.SessionManager`) replaces that client's aiohttp session
-        every 100 requests or 5 minutes and closes the old one while other calls are still in flight on it,
-        which fails them with `ServerDisconnectedError` (HTTP 500) under sustained concurrency (bentoml
-        issues #5540, #5544). Our self-client talks to the app in process (no sockets, nothing to go stale),
-        so we switch the refresh off."""
-        client = getattr(self, "to_async", None)
-        manager = getattr(client, "_session_manager", None)
-        if manager is not None and manager.max_requests != math.inf:
-            manager.max_requests = manager.max_age = math.inf
-        return client
+        return await run_in_threadpool(self.render_batch, items)
 
     # --- image-to-image ---------------------------------------------------------------------------
 
@@ -215,11 +198,11 @@ class Generator:
             raise field_error("derive", derive, f"model {served.name!r} stores no derivation; upload its input "
                                                 "image itself (derive=false)")
         try:
-            array = runtime.read_upload(image, SETTINGS.max_upload_bytes, SETTINGS.max_pixels, SETTINGS.max_side)
-        except runtime.UploadError as e:
+            array = uploads.read_upload(image, SETTINGS.max_upload_bytes, SETTINGS.max_pixels, SETTINGS.max_side)
+        except uploads.UploadError as e:
             raise field_error("image", None, str(e)) from None
         with self.gate.online():
-            return Image.fromarray(runtime.translate(served, array, derive))
+            return Image.fromarray(translate(served, array, derive))
 
     # --- augmentation jobs ------------------------------------------------------------------------
 
@@ -282,11 +265,11 @@ class Generator:
     async def models(self) -> ModelsResponse:
         """Every served model: kind, classes, geometry, provenance, metrics, device, dtype, counters."""
         defaults = {kind: next((s.name for s in self.served.values() if s.kind == kind), None)
-                    for kind in runtime.KINDS}
+                    for kind in KINDS}
         return ModelsResponse(models=[ModelInfo(**s.info()) for s in self.served.values()], defaults=defaults,
                               settings=SETTINGS.public())
 
-    def _pick(self, name: Optional[str], kind: str) -> runtime.Served:
+    def _pick(self, name: Optional[str], kind: str) -> Served:
         """The served model a request names (or the first of `kind`); 400 on `model` listing valid ones."""
         valid = [s.name for s in self.served.values() if s.kind == kind]
         if name is None and valid:
@@ -298,33 +281,10 @@ class Generator:
         raise field_error("model", name, f"unknown {kind} model {name!r}; valid: {valid}")
 
 
-def _route_batcher(client, name: str):
-    """`items -> awaitable results` through the adaptive batcher behind the batchable API `name`, or None.
-
-    The server gives the service a self-client whose `app` is the Starlette app; the API's route there has
-    `functools.partial(factory.api_endpoint_wrapper, name)` as its endpoint, and the factory's
-    `batch_infer(name, args, kwargs)` is what that endpoint calls once the request is parsed."""
-    for route in getattr(getattr(getattr(client, "app", None), "router", None), "routes", ()):
-        endpoint = getattr(route, "endpoint", None)
-        factory = getattr(getattr(endpoint, "func", None), "__self__", None)
-        if getattr(route, "name", None) == name and callable(getattr(factory, "batch_infer", None)) \
-                and name in getattr(factory, "dispatchers", {}):
-            return functools.partial(_batch_infer, factory, name)
-    return None
-
-
-async def _batch_infer(factory, name: str, items: list[RenderItem], alone: bool = False) -> list[Optional[str]]:
-    """Hand `items` to the route's batcher. BentoML's `CorkDispatcher` holds a request until its wait reaches
-    its optimizer's `wait` (the mean first-request wait of recent batches, refreshed every 5 s), hoping for
-    company. After a burst that is tens of ms, and the stats of the held requests keep it there: a client
-    sending one request at a time waited 30 ms instead of 8 (benchmarks/RESULTS.md). A request that is
-    alone gets no company, so it clears the learned wait and is dispatched at once."""
-    if alone:
-        optimizer = getattr(factory.dispatchers.get(name), "optimizer", None)
-        if optimizer is not None and getattr(optimizer, "wait", 0) > 0:
-            optimizer.wait = 0
-    return await factory.batch_infer(name, (items,), {})
-
-
-Generator.add_asgi_middleware(RequestLimits, max_bytes=SETTINGS.max_json_bytes,
-                              max_upload_bytes=SETTINGS.max_upload_bytes + MULTIPART_OVERHEAD, uploads=UPLOADS)
+bentoml_internals.brief_client_errors()  # 4xx: one INFO line each, not an ERROR with a traceback
+Generator.add_asgi_middleware(
+    RequestLimits, max_bytes=SETTINGS.max_json_bytes, max_upload_bytes=SETTINGS.max_upload_bytes + MULTIPART_OVERHEAD,
+    uploads=UPLOADS, json_routes=[api.route for api in Generator.apis.values() if api.route not in UPLOADS],
+    body_timeout_s=SETTINGS.body_timeout_s, max_uploads=SETTINGS.max_uploads,
+    overload_hint=f" (GANFORGE_MAX_LATENCY_MS={SETTINGS.max_latency_ms})",
+    timeout_hint=f" (GANFORGE_TIMEOUT={SETTINGS.timeout_s} s)")

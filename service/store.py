@@ -16,8 +16,7 @@ from models import load
 from models.checkpoint import WEIGHTS_NAME, file_hash, weights_path
 
 from .config import check_model_name
-
-SERVABLE_KINDS = ("conditional", "image-to-image")
+from .served import KINDS
 
 
 def _plain(value: Any) -> Any:
@@ -51,8 +50,8 @@ def export(checkpoint: str | os.PathLike, name: str, force: bool = False) -> tup
     module, meta = load(checkpoint, "cpu")  # the weights must rebuild, not just parse
     del module
     kind = meta.get("kind")
-    if kind not in SERVABLE_KINDS:
-        raise ValueError(f"{checkpoint} is a {kind!r} checkpoint; the service serves {list(SERVABLE_KINDS)}")
+    if kind not in KINDS:
+        raise ValueError(f"{checkpoint} is a {kind!r} checkpoint; the service serves {list(KINDS)}")
     digest = file_hash(checkpoint)
     latest = stored(name)
     if latest is not None and latest.info.labels.get("sha256") == digest and not force:

@@ -60,27 +60,6 @@ def test_worker_start_up_heap_is_frozen_out_of_the_gc(store):
     assert gc.get_freeze_count() > 10_000 and gc.get_threshold() == GC_THRESHOLDS  # torch alone is more
 
 
-def test_a_lone_request_clears_the_batchers_learned_wait():
-    """BentoML's dispatcher holds a request for company up to its learned `wait`; a lone one must not be held
-    (the effect, 30 ms -> 7 ms p50 for one client after a burst, is measured in benchmarks/RESULTS.md)."""
-    from types import SimpleNamespace
-
-    from service.service import _batch_infer
-
-    class Factory:
-        def __init__(self):
-            self.dispatchers = {"render_batch": SimpleNamespace(optimizer=SimpleNamespace(wait=0.03))}
-
-        async def batch_infer(self, name, args, kwargs):
-            return [f"{name}:{len(args[0])}"]
-
-    factory = Factory()
-    assert asyncio.run(_batch_infer(factory, "render_batch", ["item"], alone=False)) == ["render_batch:1"]
-    assert factory.dispatchers["render_batch"].optimizer.wait == 0.03  # in company: BentoML decides
-    assert asyncio.run(_batch_infer(factory, "render_batch", ["item"], alone=True)) == ["render_batch:1"]
-    assert factory.dispatchers["render_batch"].optimizer.wait == 0
-
-
 # --- HTTP semantics in-process -----------------------------------------------------------------------------
 
 def test_generate_happy_path(client, checkpoints):
@@ -227,7 +206,7 @@ def test_bad_grid_options(client, payload, field):
 
 
 @pytest.mark.parametrize("body,ctype", [(b"{not json", "application/json"), (b"[1, 2]", "application/json"),
-                                        (b"", "application/json"), (b"\xff\xfe", "application/octet-stream")])
+                                        (b"", "application/json")])
 def test_malformed_bodies_are_400(client, body, ctype):
     r = client.post("/generate", content=body, headers={"content-type": ctype})
     assert r.status_code == 400, (r.status_code, r.text)
@@ -244,27 +223,40 @@ def test_request_size_is_bounded(client):
     assert client.post("/generate", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
 
 
-def test_internal_render_never_fails_the_batch(client):
-    items = [{"model": "tiny-cgan", "label": 99, "seed": 1}, {"model": "tiny-cgan", "label": 1, "seed": 1}]
-    r = client.post("/internal/render_batch", json={"items": items})
-    assert r.status_code == 200
-    bad, good = r.json()
-    assert bad is None and decode(base64.b64decode(good)).shape == (28, 28)
-    from service import runtime
+def test_internal_render_never_fails_the_batch(store):
+    """render_batch (reached only in process, through the batcher) answers null for an item it cannot render,
+    so one bad item cannot fail the other requests merged into its batch."""
+    import pydantic
 
-    raw = client.post("/internal/render_batch", json={"items": [{**items[1], "encoding": "raw"}]}).json()[0]
-    assert np.array_equal(runtime.from_raw_b64(raw, (28, 28)), decode(base64.b64decode(good)))
-    r = client.post("/internal/render_batch", json={"items": [{**items[1], "encoding": "jpeg"}]})
-    assert r.status_code == 400 and "encoding" in r.text
+    from service import codec
+    from service.schemas import RenderItem
+    from service.service import Generator
+
+    service = Generator()
+    try:
+        items = [RenderItem(model="tiny-cgan", label=99, seed=1), RenderItem(model="tiny-cgan", label=1, seed=1)]
+        bad, good = service.render_batch(items)
+        assert bad is None and decode(base64.b64decode(good)).shape == (28, 28)
+        raw, = service.render_batch([RenderItem(model="tiny-cgan", label=1, seed=1, encoding="raw")])
+        assert np.array_equal(codec.from_raw_b64(raw, (28, 28)), decode(base64.b64decode(good)))
+    finally:
+        service.jobs.stop()
+    with pytest.raises(pydantic.ValidationError, match="encoding"):
+        RenderItem(model="tiny-cgan", label=1, seed=1, encoding="jpeg")
+
+
+def test_internal_routes_are_not_served(client):
+    r = client.post("/internal/render_batch", json={"items": [{"model": "tiny-cgan", "label": 1, "seed": 1}]})
+    assert r.status_code == 404 and "internal" in r.json()["error"]
 
 
 def test_raw_pixels_round_trip():
-    from service import runtime
+    from service import codec
 
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     assert models.sampling.image_shape({"img_resolution": 8, "img_channels": 3, "native_size": [5, 7]}) == (5, 7, 3)
     assert models.sampling.image_shape({"img_resolution": 32, "img_channels": 1}) == (32, 32)
-    assert np.array_equal(runtime.from_raw_b64(runtime.raw_b64(rgb), rgb.shape), rgb)
+    assert np.array_equal(codec.from_raw_b64(codec.raw_b64(rgb), rgb.shape), rgb)
 
 
 # --- translation ---------------------------------------------------------------------------------------------
@@ -350,11 +342,18 @@ def test_file_over_the_upload_limit_inside_the_body_allowance_is_400(client):
     assert "bytes" in r.text and any("image" in map(str, d["loc"]) for d in r.json()["detail"])
 
 
+@pytest.mark.parametrize("kwargs,status", [
+    ({"data": {"image": "http://example.com/edges.png"}}, 415),  # a form, not multipart: a URL is never fetched
+    ({"json": {"image": "aGVsbG8="}}, 415),
+])
+def test_translate_takes_multipart_only(client, kwargs, status):
+    r = client.post("/translate", **kwargs)
+    assert r.status_code == status and "multipart/form-data" in r.json()["error"]
+
+
 @pytest.mark.parametrize("kwargs,field", [
-    ({"data": {"image": "http://example.com/edges.png"}}, "image"),  # a URL string: never fetched
     ({"data": {"image": "http://example.com/edges.png"}, "files": {"other": ("a", b"b")}}, "image"),
     ({"files": [("image", ("a.png", png(edges_like()))), ("image", ("b.png", png(edges_like())))]}, "image"),
-    ({"json": {"image": "aGVsbG8="}}, "image"),
     ({"files": {"image": ("x.png", png(edges_like()))}, "data": {"model": "tiny-cgan"}}, "model"),
     ({"files": {"image": ("x.png", png(edges_like()))}, "data": {"model": "nope"}}, "model"),
     ({"files": {"image": ("x.png", png(edges_like()))}, "data": {"derive": "maybe"}}, "derive"),

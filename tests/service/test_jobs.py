@@ -226,7 +226,7 @@ def test_jobs_survive_a_kill_9_and_restart_of_the_server(server_env, checkpoints
 
 @pytest.fixture
 def served(checkpoints):
-    from service.runtime import Served
+    from service.served import Served
 
     G, meta = models.load(checkpoints["tiny-cgan"])
     return Served(name="tiny-cgan", tag="tiny-cgan:test", module=G, meta=meta, device=torch.device("cpu"),
@@ -242,7 +242,7 @@ def small_job(served, **changes) -> augment.AugmentJob:
 
 def test_a_job_that_cannot_run_fails_with_a_reason(served, tmp_path):
     from service.jobs import JobManager
-    from service.runtime import OnlineGate
+    from service.gate import OnlineGate
 
     jobs = JobManager(tmp_path, {"tiny-cgan": served}, OnlineGate(), poll_s=0.05)
     gone = jobs.submit(small_job(served, model="retired"), "retired:1")["job_id"]
@@ -264,7 +264,7 @@ def test_a_job_that_cannot_run_fails_with_a_reason(served, tmp_path):
 def test_jobs_give_way_to_online_requests(served, tmp_path):
     """While an online request is in flight, the job starts no forward pass (up to its maximum wait)."""
     from service.jobs import JobManager
-    from service.runtime import OnlineGate
+    from service.gate import OnlineGate
 
     gate = OnlineGate()
     jobs = JobManager(tmp_path, {"tiny-cgan": served}, gate, batch_wait_s=60, poll_s=0.05)
@@ -298,7 +298,7 @@ def test_jobs_give_way_to_online_requests(served, tmp_path):
 
 def test_gate_waits_a_quiet_period_after_the_last_online_request():
     """A job batch does not start in the few-ms gap between one client's back-to-back requests."""
-    from service.runtime import OnlineGate
+    from service.gate import OnlineGate
 
     gate = OnlineGate(quiet_s=0.3)
     assert gate.wait_idle(0)  # never any traffic: idle at once
@@ -313,7 +313,7 @@ def test_gate_waits_a_quiet_period_after_the_last_online_request():
 def test_jobs_still_progress_when_online_traffic_never_stops(served, tmp_path):
     """The wait is bounded (GANFORGE_JOB_MAX_WAIT_MS): a saturated server still finishes its jobs."""
     from service.jobs import JobManager
-    from service.runtime import OnlineGate
+    from service.gate import OnlineGate
 
     gate = OnlineGate()
     jobs = JobManager(tmp_path, {"tiny-cgan": served}, gate, batch_wait_s=0.05, poll_s=0.05)

@@ -1,4 +1,4 @@
-"""Device/dtype choice and the low-precision safety check (on CPU, where bfloat16/float16 also run)."""
+"""Device/dtype choice and its low-precision safety check (on CPU, where bfloat16/float16 also run); the served model."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +11,7 @@ import models
 
 
 def test_auto_on_cpu_is_float32_unchecked(checkpoints):
-    from service.runtime import choose_dtype
+    from service.precision import choose_dtype
 
     G, meta = models.load(checkpoints["tiny-cgan"])
     module, dtype, check = choose_dtype(G, meta, torch.device("cpu"), "auto")
@@ -20,7 +20,7 @@ def test_auto_on_cpu_is_float32_unchecked(checkpoints):
 
 @pytest.mark.parametrize("name", ["tiny-cgan", "tiny-i2i"])
 def test_requested_bfloat16_is_checked_and_kept_when_close(checkpoints, name):
-    from service.runtime import MAX_MEAN_LEVEL_DIFF, choose_dtype
+    from service.precision import MAX_MEAN_LEVEL_DIFF, choose_dtype
 
     G, meta = models.load(checkpoints[name])
     module, dtype, check = choose_dtype(G, meta, torch.device("cpu"), "bfloat16")
@@ -32,13 +32,13 @@ def test_requested_bfloat16_is_checked_and_kept_when_close(checkpoints, name):
 @pytest.mark.parametrize("low_seconds,expected", [(0.5, torch.bfloat16), (0.95, torch.float32)])
 def test_auto_keeps_an_accurate_low_precision_only_when_it_is_faster(checkpoints, monkeypatch, low_seconds,
                                                                        expected):
-    import service.runtime as runtime
+    import service.precision as precision
 
     G, meta = models.load(checkpoints["tiny-cgan"])
-    monkeypatch.setitem(runtime.AUTO_CANDIDATES, "cpu", (torch.bfloat16,))  # stands in for CUDA's list
+    monkeypatch.setitem(precision.AUTO_CANDIDATES, "cpu", (torch.bfloat16,))  # stands in for CUDA's list
     fake = {torch.float32: 1.0, torch.bfloat16: low_seconds}
-    monkeypatch.setattr(runtime, "_seconds", lambda module, meta: fake[next(module.parameters()).dtype])
-    module, dtype, check = runtime.choose_dtype(G, meta, torch.device("cpu"), "auto")
+    monkeypatch.setattr(precision, "_seconds", lambda module, meta: fake[next(module.parameters()).dtype])
+    module, dtype, check = precision.choose_dtype(G, meta, torch.device("cpu"), "auto")
     assert dtype == expected and next(module.parameters()).dtype == expected
     assert check["float32_seconds"] == 1.0 and check["tried"][0]["seconds"] == low_seconds
     assert check.get("fallback") == (None if expected == torch.bfloat16 else "float32")
@@ -46,18 +46,18 @@ def test_auto_keeps_an_accurate_low_precision_only_when_it_is_faster(checkpoints
 
 
 def test_auto_times_its_candidates_for_real(checkpoints, monkeypatch):
-    import service.runtime as runtime
+    import service.precision as precision
 
     G, meta = models.load(checkpoints["tiny-i2i"])
-    monkeypatch.setitem(runtime.AUTO_CANDIDATES, "cpu", (torch.bfloat16,))
-    _, dtype, check = runtime.choose_dtype(G, meta, torch.device("cpu"), "auto")
+    monkeypatch.setitem(precision.AUTO_CANDIDATES, "cpu", (torch.bfloat16,))
+    _, dtype, check = precision.choose_dtype(G, meta, torch.device("cpu"), "auto")
     low, ref = check["tried"][0]["seconds"], check["float32_seconds"]
     assert low > 0 and ref > 0
-    assert (dtype == torch.bfloat16) == (low * runtime.MIN_SPEEDUP <= ref)  # the evidence decides
+    assert (dtype == torch.bfloat16) == (low * precision.MIN_SPEEDUP <= ref)  # the evidence decides
 
 
 def test_low_precision_that_breaks_the_model_falls_back_to_float32(checkpoints):
-    from service.runtime import choose_dtype
+    from service.precision import choose_dtype
 
     G, meta = models.load(checkpoints["tiny-cgan"])
     G = copy.deepcopy(G)
@@ -71,7 +71,7 @@ def test_low_precision_that_breaks_the_model_falls_back_to_float32(checkpoints):
 def test_served_model_reports_device_dtype_and_counts(store):
     import bentoml
 
-    from service.runtime import load_served, render
+    from service.served import load_served, render
 
     stored = bentoml.models.get(store["tiny-cgan"])
     full = load_served("tiny-cgan", stored, "cpu", "float32")
@@ -84,7 +84,7 @@ def test_served_model_reports_device_dtype_and_counts(store):
 
 
 def test_missing_store_model_fails_with_the_fix():
-    from service.runtime import load_served
+    from service.served import load_served
 
     with pytest.raises(FileNotFoundError, match="ganforge export"):
         load_served("absent", None)

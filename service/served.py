@@ -1,0 +1,98 @@
+"""A model once it is out of the store: loaded onto its device in its dtype, with its metadata and per-worker
+counters, and the two things the service does with it (render, translate).
+
+Sampling itself is `models.sampling` (the same code as `ganforge sample`), so a seed means the same image
+over HTTP as on the command line.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models import load, sampling
+from models.checkpoint import file_hash
+from models.sampling import generate, pick_device, to_uint8
+
+from . import precision
+
+logger = logging.getLogger("ganforge.service")
+
+KINDS = ("conditional", "image-to-image")  # the checkpoint kinds the service serves (and `ganforge export` takes)
+
+
+@dataclass
+class Served:
+    """A loaded model: module on its device in its dtype, checkpoint metadata, per-worker counters."""
+
+    name: str
+    tag: str
+    module: nn.Module
+    meta: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    precision_check: dict[str, Any]
+    store_metadata: dict[str, Any] = field(default_factory=dict)
+    forward_passes: int = 0
+    images: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    def count(self, images: int) -> None:
+        with self._lock:
+            self.forward_passes += 1
+            self.images += images
+
+    def info(self) -> dict[str, Any]:
+        """The /models entry."""
+        m = self.meta
+        return {
+            "name": self.name, "tag": self.tag, "kind": self.kind, "architecture": m["architecture"],
+            "class_names": m.get("class_names"), "task": m.get("task"),
+            "img_resolution": m.get("img_resolution", getattr(self.module, "img_resolution", 0)),
+            "img_channels": m.get("img_channels", getattr(self.module, "img_channels", 0)),
+            "native_size": m.get("native_size"), "provenance": m.get("provenance", {}),
+            "metrics": m.get("metrics", {}), "sha256": self.store_metadata.get("sha256"),
+            "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+            "precision_check": self.precision_check, "forward_passes": self.forward_passes, "images": self.images,
+        }
+
+
+def load_served(name: str, stored_model: Any, device_name: str = "auto", dtype_name: str = "auto") -> Served:
+    """Load a store model (a `bentoml.Model`) onto the chosen device, in the safest fast dtype."""
+    if stored_model is None:
+        raise FileNotFoundError(f"model {name!r} is not in the BentoML model store; "
+                                f"run `ganforge export CHECKPOINT --name {name}` or change GANFORGE_MODELS")
+    device = pick_device(device_name)
+    module, meta = load(stored_model.path, device)
+    if meta.get("kind") not in KINDS:
+        raise ValueError(f"store model {stored_model.tag} is a {meta.get('kind')!r} checkpoint; "
+                         f"the service serves {list(KINDS)}")
+    store_metadata = dict(stored_model.info.metadata)
+    store_metadata.setdefault("sha256", file_hash(stored_model.path))  # jobs record the exact weights
+    module, dtype, check = precision.choose_dtype(module, meta, device, dtype_name)
+    precision.probe(module, meta)  # warm-up: the first request should not pay for kernel selection
+    return Served(name=name, tag=str(stored_model.tag), module=module, meta=meta, device=device, dtype=dtype,
+                  precision_check=check, store_metadata=store_metadata)
+
+
+def render(served: Served, labels: list[int], seeds: list[int], truncation: float | None) -> np.ndarray:
+    """uint8 images (N, H, W[, C]) from one forward pass through `models.sampling.generate`."""
+    images = to_uint8(generate(served.module, labels, seeds, truncation), served.meta)
+    served.count(len(labels))
+    return images
+
+
+def translate(served: Served, image: np.ndarray, derive: bool) -> np.ndarray:
+    """One uint8 image (H, W[, C]) through an image-to-image model, same size out."""
+    out = sampling.translate(served.module, image[None], served.meta, derive_source=derive)
+    served.count(1)
+    return out[0]
