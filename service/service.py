@@ -82,9 +82,12 @@ class Generator:
     def __init__(self) -> None:
         self.served: dict[str, Served] = {}
         for name, ref in MODEL_REFS.items():
-            self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
+            largest = SETTINGS.max_batch_size if SETTINGS.batching else SETTINGS.max_n  # one pass at most
+            self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.backend, SETTINGS.dtype,
+                                            largest, SETTINGS.job_batch_size)
             s = self.served[name]
-            logger.info("serving %s (%s) on %s as %s", s.tag, s.kind, s.device, s.dtype)
+            logger.info("serving %s (%s) on %s with %s (%s), by batch size %s", s.tag, s.kind, s.device,
+                        s.backend.name, s.backend.precision, s.backend.describe()["by_batch_size"])
         self.gate = OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way
         self.jobs = JobManager(jobs_root(SETTINGS), self.served, self.gate, max_active=SETTINGS.job_max_active,
                                batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000)
@@ -263,7 +266,8 @@ class Generator:
 
     @bentoml.api
     async def models(self) -> ModelsResponse:
-        """Every served model: kind, classes, geometry, provenance, metrics, device, dtype, counters."""
+        """Every served model: kind, classes, geometry, provenance, metrics, device, backend and its evidence,
+        counters."""
         defaults = {kind: next((s.name for s in self.served.values() if s.kind == kind), None)
                     for kind in KINDS}
         return ModelsResponse(models=[ModelInfo(**s.info()) for s in self.served.values()], defaults=defaults,
