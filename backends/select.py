@@ -102,10 +102,10 @@ class Selection:
         return "+".join(dict.fromkeys(self.backends[n].precision for n in self.served))
 
     def describe(self) -> dict[str, Any]:
-        """/models' view: the backend per batch size, each backend's runtime, and the check and timings."""
+        """/models' `backend`: the backend per batch size and each one's runtime (the evidence is `report`)."""
         return {"name": self.name, "precision": self.precision,
                 "by_batch_size": {str(b): n for b, n in zip(self.sizes, self.served)},
-                "runtimes": {n: b.describe() for n, b in self.backends.items()}, "selection": self.report}
+                "runtimes": {n: b.describe() for n, b in self.backends.items()}}
 
 
 def build(name: str, module: nn.Module, meta: dict[str, Any], device: torch.device,
@@ -130,11 +130,12 @@ def _check(backend: Backend, reference: np.ndarray) -> dict[str, Any]:
 
 def choose(module: nn.Module, meta: dict[str, Any], device: torch.device | str, requested: str = "auto",
            batch_sizes: Sequence[int] = (1, 64), low_dtype: torch.dtype | None = None,
-           timer: Timer | None = None) -> Selection:
+           timer: Timer | None = None, candidates: Sequence[str] | None = None) -> Selection:
     """The Selection to serve `module` (float32, loaded on `device`) with; see the module docstring.
 
     `requested`: auto or a name in BACKENDS. `low_dtype`: torch-autocast's dtype (default by device,
-    LOW_DTYPES); `timer` replaces the real timing (tests)."""
+    LOW_DTYPES); `timer` replaces the real timing (tests); `candidates`: what `auto` tries (default: every
+    backend `available` on the device)."""
     if requested not in CHOICES:
         raise ValueError(f"unknown backend {requested!r}; allowed: {list(CHOICES)}")
     device = torch.device(device)
@@ -142,8 +143,10 @@ def choose(module: nn.Module, meta: dict[str, Any], device: torch.device | str, 
     if not sizes or sizes[0] < 1:
         raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     reference = TorchEager(module, meta, device)
-    names = [n for n in available(device) if n != REFERENCE] if requested == "auto" else \
-        ([] if requested == REFERENCE else [requested])
+    if requested == "auto":
+        names = [n for n in (available(device) if candidates is None else candidates) if n != REFERENCE]
+    else:
+        names = [] if requested == REFERENCE else [requested]
     report: dict[str, Any] = {"requested": requested, "tolerance": TOLERANCE, "batch_sizes": sizes,
                               "candidates": [{"backend": REFERENCE, "precision": "float32", "reference": True}]}
     accepted: dict[str, Backend] = {REFERENCE: reference}

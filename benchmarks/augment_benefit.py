@@ -1,14 +1,14 @@
 """Does synthetic data help a classifier? Fashion-MNIST, real test set (issue 5). Run by hand, not a test.
 
-    .venv/bin/python benchmarks/augment_benefit.py [--checkpoint checkpoints/fashion_mnist_cgan] \
+    .venv/bin/python -m benchmarks.augment_benefit [--checkpoint checkpoints/fashion_mnist_cgan] \
         [--results benchmarks/RESULTS.md] [--json out.json]
-    .venv/bin/python benchmarks/augment_benefit.py --quick              # smoke run: tiny budget, one seed
-    .venv/bin/python benchmarks/augment_benefit.py --latency [--results benchmarks/RESULTS.md]
-                                                   # online /generate latency idle vs while a job runs
+    .venv/bin/python -m benchmarks.augment_benefit --quick              # smoke run: tiny budget, one seed
+    .venv/bin/python -m benchmarks.augment_benefit --latency [--results benchmarks/RESULTS.md]
+                                                    # online /generate latency idle vs while a job runs
 
 Every condition trains the same small CNN (models.DomainClassifier, width --width) from scratch with the
-same optimiser, augmentation (random flip + 2-pixel shift, as `ganforge train-classifier`) and number of
-steps, so all get the same compute; each is repeated for --seeds seeds and tested on the 10,000 real test
+same recipe as `ganforge train-classifier` (`training.classifier.fit_classifier`: optimiser, random flip +
+2-pixel shift, label smoothing) and number of steps, so all get the same compute; each is repeated for --seeds seeds and tested on the 10,000 real test
 images:
   real N            N real training images per class (--sizes, default 50, 200, 1000), a subset per seed
   real N + syn 1:r  the same subset plus r*N synthetic images per class (--ratios, default 1, 4)
@@ -26,15 +26,17 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import write_results
+from benchmarks.service_bench import load  # the service benchmark's load generator
+from service.testing import Server  # the same `bentoml serve` harness as the tests
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 MARK_START, MARK_END = "<!-- augment_benefit:start -->", "<!-- augment_benefit:end -->"
 LAT_START, LAT_END = "<!-- augment_latency:start -->", "<!-- augment_latency:end -->"
 FULL = 6000  # Fashion-MNIST training images per class
@@ -45,26 +47,16 @@ FULL = 6000  # Fashion-MNIST training images per class
 def fit_and_test(images, labels, test, steps: int, batch_size: int, width: int, seed: int, device) -> float:
     """Train a fresh DomainClassifier for `steps` steps on uint8 (N, 1, H, W) images; real test accuracy."""
     import torch
-    import torch.nn.functional as F
 
     from models import DomainClassifier, DomainClassifierConfig
-    from training.classifier import _augment, accuracy, normalize  # the domain classifier's own recipe
+    from training.classifier import accuracy, fit_classifier, random_batches  # `ganforge train-classifier`'s recipe
 
     torch.manual_seed(seed)
     cfg = DomainClassifierConfig(num_classes=10, img_resolution=images.shape[-1], img_channels=1, width=width)
     model = DomainClassifier(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=gen)  # with replacement: any set size
-        x = _augment(normalize(images[idx]), gen).to(device)
-        loss = F.cross_entropy(model(x), labels[idx].to(device), label_smoothing=0.05)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    batches = ((images[idx], labels[idx]) for idx in random_batches(len(images), batch_size, steps, gen))
+    fit_classifier(model, batches, steps, gen, lr=2e-3)  # with replacement: any set size, the same compute
     return accuracy(model, test)
 
 
@@ -175,9 +167,6 @@ def latency(args: argparse.Namespace) -> dict:
     """/generate latency on a real `bentoml serve`: idle, then while an augmentation job runs."""
     import httpx
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from service_bench import Server, load  # the service benchmark's server and load generator
-
     home = Path(tempfile.mkdtemp(prefix="ganforge-augbench-"))
     os.environ.update(BENTOML_HOME=str(home / "bentoml"), BENTOML_DO_NOT_TRACK="True")
     name = "bench_cgan"
@@ -282,9 +271,6 @@ def main() -> None:
         text, marks = benefit_markdown(result), (MARK_START, MARK_END)
     print(text)
     if args.results:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from service_bench import write_results  # one marked-section writer for both benchmarks
-
         write_results(Path(args.results), text, *marks)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -1,17 +1,17 @@
 """The serving path on a GPU, without BentoML (run by hand on a CUDA machine; not a test).
 
-    python benchmarks/gpu_serving_check.py > gpu_check.json
+    python -m benchmarks.gpu_serving_check > gpu_check.json       # from the repository root
 
 Loads each bundled checkpoint through `service.served.load_served` (device and dtype `auto`, as the service
 does), and reports the dtype chosen with its precision check, whether the same seed gives the same image,
 how far the GPU's images are from the CPU's, and the raw images/s of `render` at batch 1/16/64 in float32 and
 in the chosen dtype (2 s each). The store model is stood in for by the checkpoint folder, so only torch,
-numpy, Pillow and safetensors are needed on the GPU machine.
+numpy, Pillow and safetensors are needed on the GPU machine (run from the repository root, `models` and `service`
+import from the checkout without installing the project).
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,11 +19,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from models import load
+from models.checkpoint import file_hash
+from models.sampling import generate, to_uint8
+from service.served import load_served, render, translate
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from models import load  # noqa: E402
-from models.sampling import generate, to_uint8  # noqa: E402
-from service.served import load_served, render, translate  # noqa: E402
 
 
 def images_per_second(served, batch: int, seconds: float = 2.0) -> int:
@@ -40,7 +41,8 @@ def main() -> None:
     out = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
     for name in ("fashion_mnist_cgan", "fashion_mnist_edges2image"):
         path = ROOT / "checkpoints" / name
-        stored = SimpleNamespace(path=str(path), tag=name, info=SimpleNamespace(metadata={}))
+        stored = SimpleNamespace(path=str(path), tag=name,  # the checkpoint is its own record
+                                 info=SimpleNamespace(metadata={"sha256": file_hash(path)}, labels={}))
         served = load_served(name, stored)
         info = {"device": str(served.device), "dtype": str(served.dtype), "precision_check": served.precision_check}
         if served.meta["kind"] == "conditional":

@@ -1,7 +1,7 @@
 """Sweep the mixture-of-Gaussians lab: every loss x regularizer strength x seeds, on the ring and the grid.
 
-    .venv/bin/python benchmarks/mog_sweep.py --out benchmarks/mog_sweep --jobs 4
-    .venv/bin/python benchmarks/mog_sweep.py --out /tmp/smoke --datasets ring --losses hinge \\
+    .venv/bin/python -m benchmarks.mog_sweep --out benchmarks/results/mog_sweep --jobs 4
+    .venv/bin/python -m benchmarks.mog_sweep --out /tmp/smoke --datasets ring --losses hinge \\
         --strengths 0,1 --seeds 0 --steps 300                                      # a smoke run
 
 Each loss is swept over R1 gamma (its gradient penalty on real data); "wasserstein" is swept over the WGAN-GP
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
 
     rows = [done[key] for key, *_ in runs]  # this sweep's runs only, in plan order
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/mog_sweep.py", *(argv or sys.argv[1:])])
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "-m", "benchmarks.mog_sweep", *(argv or sys.argv[1:])])
     (out / "mog_sweep.md").write_text(markdown(rows, strengths, command))
     plot(rows, strengths, out / "mog_sweep.png")
     print(f"wrote {out / 'mog_sweep.md'} and {out / 'mog_sweep.png'}", file=sys.stderr)

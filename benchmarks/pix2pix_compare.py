@@ -1,7 +1,8 @@
 """pix2pix against its L1-only baseline on the Fashion-MNIST test split (issue 3). Run by hand, not a test.
 
-    .venv/bin/python benchmarks/pix2pix_compare.py [--gan checkpoints/fashion_mnist_edges2image] \
-        [--l1 checkpoints/fashion_mnist_edges2image_l1only] [--grid benchmarks/pix2pix_compare.png] \
+    .venv/bin/python -m benchmarks.pix2pix_compare [--gan checkpoints/fashion_mnist_edges2image] \
+        [--l1 checkpoints/fashion_mnist_edges2image_l1only] \
+        [--grid benchmarks/results/pix2pix_compare/pix2pix_compare.png] \
         [--results benchmarks/RESULTS.md] [--json out.json]
 
 Both checkpoints are the same U-Net trained by the same config; the baseline was trained with
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_results
+
 MARK_START, MARK_END = "<!-- pix2pix_compare:start -->", "<!-- pix2pix_compare:end -->"
 METRICS = [("l1", "L1 ↓", "{:.4f}"), ("psnr", "PSNR dB ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"),
            ("fid", "FID (domain) ↓", "{:.3f}"), ("kid", "KID ↓", "{:.4f}"),
@@ -64,7 +65,7 @@ def markdown(gan: dict, l1: dict, command: str, grid_path: str, seconds: float, 
         return f"| {name} | " + " | ".join(cells) + " |"
 
     header = "| | " + " | ".join(label for _, label, _ in METRICS) + " |\n|---|" + "---|" * len(METRICS)
-    lines = [f"## pix2pix vs L1-only (`benchmarks/pix2pix_compare.py`) — {time.strftime('%Y-%m-%d %H:%M')}", "",
+    lines = [f"## pix2pix vs L1-only (`benchmarks.pix2pix_compare`) — {time.strftime('%Y-%m-%d %H:%M')}", "",
              f"```\n{command}\n```", "",
              f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {gan['num_images']} Fashion-MNIST "
              f"test images (edges → garment); domain-feature FID floor (real vs real) {gan['fid_floor']:.3f}; "
@@ -86,7 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gan", default="checkpoints/fashion_mnist_edges2image")
     p.add_argument("--l1", default="checkpoints/fashion_mnist_edges2image_l1only")
-    p.add_argument("--grid", default="benchmarks/pix2pix_compare.png")
+    p.add_argument("--grid", default="benchmarks/results/pix2pix_compare/pix2pix_compare.png")
     p.add_argument("--device", default="auto")
     p.add_argument("--results", help="update this markdown file (benchmarks/RESULTS.md)")
     p.add_argument("--json", help="also write both reports here")
@@ -99,13 +100,10 @@ def main() -> None:
     gan = evaluate(args.gan, device=args.device)
     l1 = evaluate(args.l1, device=args.device)
     save_png(Path(args.grid), side_by_side(args.gan, args.l1))
-    command = "python benchmarks/pix2pix_compare.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.pix2pix_compare " + " ".join(sys.argv[1:])
     text = markdown(gan, l1, command.strip(), args.grid, time.time() - start, recipe(args.gan))
     print(text)
     if args.results:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from service_bench import write_results  # one marked-section writer for every benchmark
-
         write_results(Path(args.results), text, MARK_START, MARK_END)
     if args.json:
         Path(args.json).write_text(json.dumps({"pix2pix": gan, "l1_only": l1}, indent=2))

@@ -1,6 +1,6 @@
 """Service benchmark, run by hand (not a test): raw generator throughput vs the BentoML service over HTTP.
 
-    .venv/bin/python benchmarks/service_bench.py [--checkpoint checkpoints/fashion_mnist_cgan] \
+    .venv/bin/python -m benchmarks.service_bench [--checkpoint checkpoints/fashion_mnist_cgan] \
         [--results benchmarks/RESULTS.md] [--json out.json]
 
 Side by side, on this machine, in one run:
@@ -24,19 +24,16 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_results
+from service.testing import Server  # the same `bentoml serve` harness as the tests
 
+ROOT = Path(__file__).resolve().parents[1]
 PATTERNS = [(1, 1), (1, 16), (1, 64), (16, 4)]  # (images per request, concurrent clients)
 RAW_BATCHES = (1, 16, 64)
 MARK_START, MARK_END = "<!-- service_bench:start -->", "<!-- service_bench:end -->"
@@ -69,82 +66,6 @@ def raw_throughput(checkpoint: str, batch: int, seconds: float, max_iters: int, 
     return {"batch": batch, "iters": len(times), "images_per_s": batch * len(times) / total,
             "p50_ms": 1000 * percentile(times, 50), "p99_ms": 1000 * percentile(times, 99),
             "torch_threads": torch.get_num_threads(), "layout": layout}
-
-
-class Server:
-    """`bentoml serve` for one configuration, in its own process group; peak RSS read from its workers."""
-
-    def __init__(self, env: dict[str, str], log: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service.service:Generator", "--host", "127.0.0.1",
-             "--port", str(self.port)], cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        self.close()
-        raise RuntimeError(f"server not ready after 120 s; see {log}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def workers(self) -> list:
-        import psutil
-
-        found = []
-        for p in psutil.Process(self.proc.pid).children(recursive=True):
-            try:
-                if "_bentoml_impl.worker" in " ".join(p.cmdline()):
-                    found.append(p)
-            except psutil.Error:
-                continue
-        return found
-
-    def http_stack(self) -> str:
-        """Which event loop and HTTP parser the worker loaded (from its memory map: C extensions show there)."""
-        stacks = set()
-        for p in self.workers():
-            maps = Path(f"/proc/{p.pid}/maps").read_text()
-            loop = "uvloop" if "uvloop" in maps else "asyncio"
-            stacks.add(f"{loop} + {'httptools' if 'httptools' in maps else 'h11'}")
-        return ", ".join(sorted(stacks))
-
-    def worker_peak_rss_mb(self) -> list[float]:
-        import psutil
-
-        peaks = []
-        for p in self.workers():
-            try:
-                status = Path(f"/proc/{p.pid}/status").read_text()
-                hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
-                peaks.append(int(hwm.split()[1]) / 1024)
-            except (psutil.Error, OSError, StopIteration):
-                continue
-        return peaks
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
 
 
 async def load(url: str, n: int, concurrency: int, requests: int, seconds: float, model: str) -> dict:
@@ -239,17 +160,6 @@ def targets(result: dict) -> list[tuple[str, bool]]:
             (f"peak RSS per worker {rss:.0f} MB (<= 1536 MB)", rss <= 1536)]
 
 
-def write_results(path: Path, text: str, start: str = MARK_START, end: str = MARK_END) -> None:
-    """Replace the section of RESULTS.md between the `start` and `end` markers (or append it)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{start}\n{text}{end}\n"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1:]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion_mnist_cgan"))
@@ -317,7 +227,7 @@ def main() -> None:
         text = markdown(result)
         print(text)
         if args.results:
-            write_results(Path(args.results), text)
+            write_results(Path(args.results), text, MARK_START, MARK_END)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
     finally:

@@ -1,6 +1,6 @@
 """Training throughput (images/s through G+D per second of wall clock) of the bundled configs on this machine.
 
-Run by hand, alone on the machine:  .venv/bin/python benchmarks/train_throughput.py [--steps 60]
+Run by hand, alone on the machine:  .venv/bin/python -m benchmarks.train_throughput [--steps 60]
 Each config trains `steps` steps into a temporary folder and reports the loop's own count, as stored in the
 checkpoint's provenance: images through the networks (batch_size * (d_steps + 1) per step) per loop second.
 """

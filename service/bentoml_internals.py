@@ -13,6 +13,7 @@ that test by name instead of silently slowing the service down.
 2. `clear_learned_wait`: the dispatcher's `optimizer.wait`, the mean first-request wait of recent batches that
    `CorkDispatcher` holds each request for, hoping for company. A request that is alone gets no company.
 3. `brief_client_errors`: the name of the logger BentoML logs API exceptions with (see below).
+4. `in_worker`: whether this process is a worker `bentoml serve` started (`python -m _bentoml_impl.worker.service`).
 There was another: switching off the periodic session replacement of BentoML's in-process self-client
 (`to_async._session_manager`, bentoml issues #5540, #5544), which the renderer used as a fallback when (1) was
 not found. The fallback is gone (without (1) the service renders each request alone and logs a warning; the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 from typing import Any, Awaitable, Callable
 
 BatchCall = Callable[[list, bool], Awaitable[list]]
@@ -87,6 +89,10 @@ def problems(app: Any, batchable: str) -> list[str]:
     if getattr(getattr(http_app, "logger", None), "name", None) != EXCEPTION_LOGGER \
             or not callable(getattr(http_app, "log_exception", None)):
         found.append(f"{EXCEPTION_LOGGER} no longer logs API exceptions through its module logger")
+    import importlib.util
+
+    if importlib.util.find_spec(WORKER_MODULE) is None:
+        found.append(f"no module {WORKER_MODULE}: workers start differently")
     return found
 
 
@@ -124,3 +130,12 @@ def brief_client_errors() -> None:
     log = logging.getLogger(EXCEPTION_LOGGER)
     if not any(isinstance(f, BriefClientErrors) for f in log.filters):
         log.addFilter(BriefClientErrors())
+
+
+WORKER_MODULE = "_bentoml_impl.worker.service"
+
+
+def in_worker() -> bool:
+    """True in a worker process of `bentoml serve` (not in tests calling the class, nor under TestClient)."""
+    main = sys.modules.get("__main__")
+    return getattr(getattr(main, "__spec__", None), "name", None) == WORKER_MODULE

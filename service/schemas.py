@@ -17,7 +17,7 @@ MAX_SCALE = 8
 
 ClassName = Union[Annotated[int, Strict()], Annotated[str, Strict(), Field(min_length=1, max_length=64)]]
 Seed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)]
-Truncation = Annotated[float, Field(ge=TRUNCATION_RANGE[0], le=TRUNCATION_RANGE[1], allow_inf_nan=False)]
+Truncation = Annotated[float, Strict(), Field(ge=TRUNCATION_RANGE[0], le=TRUNCATION_RANGE[1], allow_inf_nan=False)]
 ModelName = Annotated[str, Strict(), Field(min_length=1, max_length=64)]
 
 

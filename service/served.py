@@ -76,20 +76,46 @@ def batch_sizes(kind: str, max_batch_size: int, job_batch_size: int) -> tuple[in
     return tuple(sorted({1, min(8, max_batch_size), max_batch_size, job_batch_size}))
 
 
-def load_served(name: str, stored_model: Any, device_name: str = "auto", backend_name: str = "auto",
-                dtype_name: str = "auto", max_batch_size: int = 64, job_batch_size: int = 32) -> Served:
-    """Load a store model (a `bentoml.Model`) onto the chosen device and choose its backend (`backends.choose`;
-    `auto` times the candidates at `batch_sizes(kind, max_batch_size, job_batch_size)`)."""
+class ModelMismatch(ValueError):
+    """A store model whose weights are not the ones recorded at export (damaged, truncated or replaced)."""
+
+
+def verify(name: str, stored_model: Any) -> str:
+    """The sha256 of the store model's weights file, checked against the one `ganforge export` recorded.
+
+    Reads the whole file (a few MB for these models; streamed in 1 MiB pieces, so large ones cost time, not
+    memory). A truncated or altered file fails here, naming the model and both hashes, before anything loads.
+    """
     if stored_model is None:
         raise FileNotFoundError(f"model {name!r} is not in the BentoML model store; "
                                 f"run `ganforge export CHECKPOINT --name {name}` or change GANFORGE_MODELS")
+    recorded = stored_model.info.metadata.get("sha256") or stored_model.info.labels.get("sha256")
+    try:
+        actual = file_hash(stored_model.path)
+    except OSError as e:
+        raise ModelMismatch(f"model {name!r} ({stored_model.tag}): cannot read its weights: {e}") from None
+    if recorded is None:
+        raise ModelMismatch(f"model {name!r} ({stored_model.tag}) has no recorded sha256 to check its weights "
+                            f"against; export it again: ganforge export CHECKPOINT --name {name} --force")
+    if actual != recorded:
+        raise ModelMismatch(f"model {name!r} ({stored_model.tag}): its weights have sha256 {actual}, but "
+                            f"{recorded} was recorded at export; the store copy is damaged or was replaced. "
+                            f"Export it again: ganforge export CHECKPOINT --name {name} --force")
+    return actual
+
+
+def load_served(name: str, stored_model: Any, device_name: str = "auto", backend_name: str = "auto",
+                dtype_name: str = "auto", max_batch_size: int = 64, job_batch_size: int = 32) -> Served:
+    """Load a store model (a `bentoml.Model`) onto the chosen device, after checking its weights against their
+    recorded hash (`verify`), and choose its backend (`backends.choose`; `auto` times the candidates at
+    `batch_sizes(kind, max_batch_size, job_batch_size)`)."""
+    digest = verify(name, stored_model)
     device = pick_device(device_name)
     module, meta = load(stored_model.path, device)
     if meta.get("kind") not in KINDS:
         raise ValueError(f"store model {stored_model.tag} is a {meta.get('kind')!r} checkpoint; "
                          f"the service serves {list(KINDS)}")
-    store_metadata = dict(stored_model.info.metadata)
-    store_metadata.setdefault("sha256", file_hash(stored_model.path))  # jobs record the exact weights
+    store_metadata = {**stored_model.info.metadata, "sha256": digest}  # what jobs record: the weights loaded
     if dtype_name == "float32" and backend_name == "torch-autocast":
         raise ValueError("GANFORGE_BACKEND=torch-autocast runs in a low precision; GANFORGE_DTYPE=float32 "
                          "leaves it none (use GANFORGE_BACKEND=torch, or GANFORGE_DTYPE=auto|bfloat16|float16)")

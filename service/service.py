@@ -33,9 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from models.augment import AugmentJob, resolve_counts
 from models.sampling import MAX_SEED, class_index, grid, image_shape
 
-from . import bentoml_internals, codec, uploads
+from . import bentoml_internals, codec, uploads, watchdog
 from .gate import OnlineGate
-from .served import KINDS, Served, load_served, render, translate
+from .served import KINDS, Served, load_served, render, translate, verify
 from .config import SETTINGS, jobs_root
 from .jobs import JobManager, JobNotFound, JobNotReady, TooManyJobs
 from .limits import RequestLimits
@@ -62,6 +62,11 @@ MULTIPART_OVERHEAD = 64 << 10  # form fields and part headers around the uploade
 GC_THRESHOLDS = (50_000, 50, 1000)  # Python's defaults are (700, 10, 10)
 # BentoML packs (`bentoml build`) the models it finds as class attributes; which ones is configuration.
 MODEL_REFS = {name: bentoml.models.BentoModel(f"{name}:latest") for name in SETTINGS.models}
+# Every process that imports the service checks the weights it will serve against their recorded sha256, so
+# `bentoml serve` itself exits non-zero with the message (model, both hashes) before it starts any worker,
+# instead of its workers failing and being restarted forever (issue 16.17/18).
+for _name, _ref in MODEL_REFS.items():
+    verify(_name, _ref.stored)
 
 
 def _declare_models(cls: type) -> type:
@@ -80,11 +85,19 @@ def _declare_models(cls: type) -> type:
 @_declare_models
 class Generator:
     def __init__(self) -> None:
+        worker = bentoml_internals.in_worker()
+        if worker:
+            watchdog.exit_with_parent()  # workers run in their own session: end them when the server is gone
         self.served: dict[str, Served] = {}
         for name, ref in MODEL_REFS.items():
             largest = SETTINGS.max_batch_size if SETTINGS.batching else SETTINGS.max_n  # one pass at most
-            self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.backend, SETTINGS.dtype,
-                                            largest, SETTINGS.job_batch_size)
+            try:
+                self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.backend,
+                                                SETTINGS.dtype, largest, SETTINGS.job_batch_size)
+            except Exception as e:
+                if worker:  # BentoML would restart this worker every ~10 s, forever
+                    watchdog.stop_server(f"cannot serve model {name!r}: {type(e).__name__}: {e}")
+                raise
             s = self.served[name]
             logger.info("serving %s (%s) on %s with %s (%s), by batch size %s", s.tag, s.kind, s.device,
                         s.backend.name, s.backend.precision, s.backend.describe()["by_batch_size"])
@@ -142,6 +155,9 @@ class Generator:
         answers 404 to /internal/* over HTTP): one base64 string per item, a PNG or the raw pixels as the item
         asks; items of one model and truncation share a forward pass. An item naming an unserved model or
         class gets null, so one bad item cannot fail the other requests merged into its batch."""
+        return self._render_items(items)
+
+    def _render_items(self, items: list[RenderItem]) -> list[Optional[str]]:
         out: list[Optional[str]] = [None] * len(items)
         groups: dict[tuple[str, Optional[float]], list[int]] = {}
         for i, item in enumerate(items):
@@ -150,7 +166,7 @@ class Generator:
                 groups.setdefault((item.model, item.truncation), []).append(i)
         for (name, truncation), index in groups.items():
             images = render(self.served[name], [items[i].label for i in index],
-                                    [items[i].seed for i in index], truncation)
+                            [items[i].seed for i in index], truncation)
             for i, image in zip(index, images):
                 out[i] = codec.png_b64(image) if items[i].encoding == "png" else codec.raw_b64(image)
         return out
@@ -186,7 +202,8 @@ class Generator:
                 logger.warning("render_batch's batcher not found in BentoML's app; requests are not merged")
         if self._dispatch is not None:
             return await self._dispatch(items, alone)
-        return await run_in_threadpool(self.render_batch, items)
+        return await run_in_threadpool(self._render_items, items)  # not self.render_batch: in a server
+        #                                                              that is an HTTP call to the route
 
     # --- image-to-image ---------------------------------------------------------------------------
 

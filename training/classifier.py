@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,45 @@ def accuracy(model: DomainClassifier, data: ImageData, batch_size: int = 500) ->
     return correct / len(data)
 
 
+def epoch_batches(n: int, batch_size: int, epochs: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches: a fresh permutation of range(n) per epoch, cut into full batches (the rest dropped)."""
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(n // batch_size):
+            yield perm[i * batch_size : (i + 1) * batch_size]
+
+
+def random_batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """`steps` index batches drawn with replacement: any training-set size gets the same compute."""
+    for _ in range(steps):
+        yield torch.randint(n, (batch_size,), generator=gen)
+
+
+def fit_classifier(model: DomainClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                   gen: torch.Generator, lr: float = 2e-3, progress: bool = False) -> DomainClassifier:
+    """The domain classifier's recipe: AdamW, one-cycle LR over `steps`, flip + shift, label smoothing 0.05.
+
+    `batches` yields `steps` (uint8 images (B, C, H, W), labels (B,)) pairs on the CPU; `gen` drives the
+    augmentation (and, in `epoch_batches` / `random_batches`, the batch order).
+    """
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    model.train()
+    with tqdm(total=steps, desc="classifier", unit="step", disable=not progress) as bar:
+        for images, labels in batches:
+            x = _augment(normalize(images), gen).to(device)
+            loss = F.cross_entropy(model(x), labels.to(device), label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model
+
+
 def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, out: str = "checkpoints/classifier",
                      epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
                      device: str = "auto", channels: int | None = None) -> dict:
@@ -50,26 +90,11 @@ def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, ou
     cfg = DomainClassifierConfig(num_classes=len(train.class_names), img_resolution=h,
                                  img_channels=train.images.shape[1], width=width)
     model = DomainClassifier(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * (len(train) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
     start = time.time()
-    bar = tqdm(total=steps, desc="classifier", unit="step")
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(train), generator=gen)
-        for i in range(len(train) // batch_size):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            x = _augment(normalize(train.images[idx]), gen).to(dev)
-            loss = F.cross_entropy(model(x), train.labels[idx].to(dev), label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+    batches = ((train.images[idx], train.labels[idx]) for idx in epoch_batches(len(train), batch_size, epochs, gen))
+    fit_classifier(model, batches, steps, gen, lr=lr, progress=True)
     acc = accuracy(model, test)
     report = {"test_accuracy": acc, "epochs": epochs, "seconds": round(time.time() - start, 1)}
     meta = {"kind": "classifier", "class_names": train.class_names, "img_resolution": h,

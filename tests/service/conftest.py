@@ -8,12 +8,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -21,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.testing import Server  # the real-server harness, shared with benchmarks/
 from tests.conftest import PROJECT_ROOT
 
 ROOT = Path(tempfile.mkdtemp(prefix="ganforge-service-tests-"))
@@ -122,56 +118,6 @@ def client(store):
         yield c
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`bentoml serve` in a subprocess (its own process group, so teardown ends its workers too)."""
-
-    def __init__(self, env: dict[str, str], log: Path):
-        import httpx
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._out = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service.service:Generator", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.http = httpx.Client(base_url=self.url, timeout=60)
-        deadline = time.monotonic() + 300  # ~8 s normally; generous for a CPU starved by other jobs
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if self.http.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.close()
-        raise RuntimeError(f"bentoml serve not ready after 300 s:\n{self.tail()}")
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def close(self) -> None:
-        self.http.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._out.close()
-
-
 @pytest.fixture(scope="session")
 def server_env(store) -> dict[str, str]:
     """GANFORGE_MODELS for real servers: the tiny models plus the bundled checkpoints that exist."""
@@ -183,7 +129,8 @@ def server_env(store) -> dict[str, str]:
             export(path, name)
             names.append(name)
     return {"GANFORGE_MODELS": ",".join(names), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-            "GANFORGE_JOBS_DIR": str(ROOT / "jobs-server")}  # not the in-process app's jobs folder
+            "GANFORGE_JOBS_DIR": str(ROOT / "jobs-server"),  # not the in-process app's jobs folder
+            "GANFORGE_BODY_TIMEOUT": "2"}  # the half-sent-body test waits this long
 
 
 @pytest.fixture(scope="session")

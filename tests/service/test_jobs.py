@@ -23,7 +23,8 @@ import torch
 import models
 from models import augment
 from models.checkpoint import file_hash
-from tests.service.conftest import ROOT, Server, decode
+from service.testing import Server
+from tests.service.conftest import ROOT, decode
 
 JOB_ID = r"^\d{8}-\d{6}-[0-9a-f]{8}$"
 

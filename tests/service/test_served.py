@@ -54,3 +54,26 @@ def test_missing_store_model_fails_with_the_fix():
 
     with pytest.raises(FileNotFoundError, match="ganforge export"):
         load_served("absent", None)
+
+
+def test_damaged_weights_are_refused_naming_the_model_and_both_hashes(store, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    import bentoml
+
+    from service.served import ModelMismatch, load_served
+
+    stored = bentoml.models.get(store["tiny-cgan"])
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(stored.path, copy_dir)
+    weights = copy_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = bytes(4096)
+    weights.write_bytes(bytes(data))
+    fake = SimpleNamespace(path=str(copy_dir), tag=stored.tag, info=stored.info)
+    recorded = stored.info.metadata["sha256"]
+    with pytest.raises(ModelMismatch, match=f"'tiny-cgan'.*{recorded}") as e:
+        load_served("tiny-cgan", fake, "cpu", "float32")
+    assert models.checkpoint.file_hash(copy_dir) in str(e.value)
+    assert load_served("tiny-cgan", stored, "cpu", "float32").info()["sha256"] == recorded  # intact: served

@@ -85,7 +85,8 @@ def test_bentoml_build_packs_service_models_requirements_and_dockerfile(store):
     assert {"src/service/service.py", "src/service/schemas.py", "src/models/sampling.py",
             "src/models/checkpoint.py", "src/backends/select.py", "src/backends/export.py", "env/docker/Dockerfile", "env/python/requirements.txt",
             "apis/openapi.yaml", "bento.yaml"} <= files
-    assert not any(f.startswith(("src/training", "src/tests", "src/checkpoints", "src/runs")) for f in files)
+    assert not any(f.startswith(("src/training", "src/tests", "src/checkpoints", "src/runs", "src/benchmarks",
+                                 "src/service/testing.py")) for f in files)
     requirements = open(bento.path_of("env/python/requirements.txt")).read()
     for package in ("torch==", "bentoml==", "safetensors", "pillow", "pydantic", "numpy", "uvloop==", "httptools==",
                     "onnx==", "onnxruntime=="):
