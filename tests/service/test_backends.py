@@ -54,10 +54,13 @@ with TestClient(svc.Generator.to_asgi(), raise_server_exceptions=False) as c:
 
 
 @pytest.fixture(scope="module")
-def answers(client):
-    children = {b: subprocess.Popen([sys.executable, "-c", CHILD], cwd=PROJECT_ROOT, text=True,
-                                    env={**os.environ, "GANFORGE_BACKEND": b}, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE) for b in BACKENDS[1:]}
+def answers(client, tmp_path_factory):
+    def env(backend: str) -> dict[str, str]:  # its own metrics folder: the session's servers read theirs
+        return {**os.environ, "GANFORGE_BACKEND": backend,
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus"))}
+
+    children = {b: subprocess.Popen([sys.executable, "-c", CHILD], cwd=PROJECT_ROOT, text=True, env=env(b),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for b in BACKENDS[1:]}
     out = {"torch": ask(client)}
     for backend, child in children.items():
         stdout, stderr = child.communicate(timeout=600)
