@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,66 @@ from safetensors.torch import save_file
 FORMAT = "ganforge"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
+
+# The metadata contract: what a checkpoint is, how its pixels map to the network's range, and its geometry.
+CONDITIONAL = "conditional"  # noise + class label -> image
+IMAGE_TO_IMAGE = "image-to-image"  # source image -> target image (pix2pix)
+CLASSIFIER = "classifier"  # image -> class logits (the domain classifier of the evaluation)
+KINDS = (CONDITIONAL, IMAGE_TO_IMAGE, CLASSIFIER)
+GENERATOR_KINDS = (CONDITIONAL, IMAGE_TO_IMAGE)  # the kinds `models.sampling` draws from (and the service serves)
+NORMALIZATION = {"mean": 0.5, "std": 0.5}  # x = (u8 / 255 - mean) / std  ->  [-1, 1]
+# What a reader assumes for a field an older or hand-made checkpoint does not carry.
+DEFAULT_RESOLUTION = 32
+DEFAULT_CHANNELS = 1
+
+
+def build_metadata(kind: str, class_names: Sequence[str], img_resolution: int, img_channels: int,
+                   native_size: Sequence[int], task: dict[str, Any] | None = None,
+                   provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   normalization: dict[str, float] = NORMALIZATION) -> dict[str, Any]:
+    """The metadata `save` stores with a checkpoint of `kind`: classes, geometry (model resolution and channels,
+    the data's native [H, W]), pixel normalisation, the task's own fields (image-to-image), provenance, metrics."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; allowed: {list(KINDS)}")
+    meta: dict[str, Any] = {"kind": kind, "class_names": list(class_names), "img_resolution": int(img_resolution),
+                            "img_channels": int(img_channels), "native_size": [int(n) for n in native_size],
+                            "normalization": dict(normalization)}
+    if task is not None:
+        meta["task"] = task
+    if provenance is not None:
+        meta["provenance"] = provenance
+    if metrics is not None:
+        meta["metrics"] = metrics
+    return meta
+
+
+def normalization(meta: dict[str, Any]) -> dict[str, float]:
+    """The checkpoint's pixel normalisation (`mean`, `std`)."""
+    return meta.get("normalization", NORMALIZATION)
+
+
+def image_geometry(meta: dict[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) of the images the checkpoint's data has: its native size, else the model's."""
+    r = int(meta.get("img_resolution", DEFAULT_RESOLUTION))
+    h, w = meta.get("native_size") or (r, r)
+    return int(meta.get("img_channels", DEFAULT_CHANNELS)), int(h), int(w)
+
+
+def model_resolution(meta: dict[str, Any]) -> int:
+    """The side of the square images the network itself takes or makes."""
+    return int(meta.get("img_resolution", DEFAULT_RESOLUTION))
+
+
+def task_channels(meta: dict[str, Any]) -> tuple[int, int]:
+    """An image-to-image checkpoint's (source, target) channels."""
+    task = meta.get("task") or {}
+    return int(task.get("source_channels", DEFAULT_CHANNELS)), int(task.get("target_channels", DEFAULT_CHANNELS))
+
+
+def require_kind(meta: dict[str, Any], kind: str, what: str | os.PathLike, user: str = "this command") -> None:
+    """ValueError naming both kinds unless the checkpoint `what` is of `kind`, which `user` needs."""
+    if meta.get("kind") != kind:
+        raise ValueError(f"{what} is a {meta.get('kind')!r} checkpoint; {user} needs a {kind!r} one")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .checkpoint import image_geometry, normalization, task_channels
+
 MAX_SEED = 2**63 - 1
 
 
@@ -100,7 +102,7 @@ def generate(
 
 def to_uint8(images: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
     """[-1, 1] model output -> uint8 at the data's native size: (N, H, W) for 1 channel, (N, H, W, C) otherwise."""
-    norm = meta.get("normalization", {"mean": 0.5, "std": 0.5})
+    norm = normalization(meta)
     x = images * norm["std"] + norm["mean"]
     h, w = meta.get("native_size") or images.shape[-2:]
     top, left = (images.shape[-2] - h) // 2, (images.shape[-1] - w) // 2
@@ -112,15 +114,13 @@ def to_uint8(images: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
 def image_shape(meta: dict[str, Any]) -> tuple[int, ...]:
     """Shape of one image `to_uint8` gives for a generator's output: (H, W) or (H, W, C), at the data's native
     size (`native_size`, else the model resolution)."""
-    r = int(meta.get("img_resolution", 32))
-    h, w = meta.get("native_size") or (r, r)
-    c = int(meta.get("img_channels", 1))
-    return (int(h), int(w)) if c == 1 else (int(h), int(w), c)
+    c, h, w = image_geometry(meta)
+    return (h, w) if c == 1 else (h, w, c)
 
 
 def from_uint8(images: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
     """Inverse of `to_uint8` without the crop: uint8 (N, H, W[, C]) -> normalised float (N, C, H, W)."""
-    norm = meta.get("normalization", {"mean": 0.5, "std": 0.5})
+    norm = normalization(meta)
     x = torch.from_numpy(np.array(images, dtype=np.uint8)).float() / 255  # a copy: inputs may be read-only
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return (x - norm["mean"]) / norm["std"]
@@ -150,7 +150,8 @@ def translate(generator: nn.Module, images: np.ndarray, meta: dict[str, Any], de
     from .derivations import derive
 
     task = meta.get("task", {})
-    want = task.get("target_channels", 1) if derive_source else task.get("source_channels", 1)
+    source, target = task_channels(meta)
+    want = target if derive_source else source
     x = from_uint8(images, meta)
     if x.shape[1] != want:  # grey <-> RGB by luma or replication
         x = x.mean(1, keepdim=True) if want == 1 else x.expand(-1, want, -1, -1)

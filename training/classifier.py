@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import DomainClassifier, DomainClassifierConfig, save
+from models.checkpoint import CLASSIFIER, NORMALIZATION, build_metadata
 from models.sampling import pick_device
 
-from .data import NORMALIZATION, ImageData, load_dataset
+from .data import ImageData, load_dataset
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -97,9 +98,8 @@ def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, ou
     fit_classifier(model, batches, steps, gen, lr=lr, progress=True)
     acc = accuracy(model, test)
     report = {"test_accuracy": acc, "epochs": epochs, "seconds": round(time.time() - start, 1)}
-    meta = {"kind": "classifier", "class_names": train.class_names, "img_resolution": h,
-            "img_channels": cfg.img_channels, "native_size": [h, w], "normalization": NORMALIZATION,
-            "provenance": {"dataset": dataset, "split": "train", "seed": seed, "epochs": epochs},
-            "metrics": report}
+    meta = build_metadata(CLASSIFIER, train.class_names, h, cfg.img_channels, [h, w],
+                          provenance={"dataset": dataset, "split": "train", "seed": seed, "epochs": epochs},
+                          metrics=report)
     save(model, out, meta)
     return report

@@ -7,12 +7,12 @@ import sys
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .config import load_config
+    from .config import load_config, replace
     from .loop import train
 
     cfg = load_config(args.config, args.set)
     if args.device:
-        cfg.device = args.device
+        cfg = replace(cfg, {"device": args.device})
     print(f"exported {train(cfg, resume=args.resume)}")
 
 
@@ -94,13 +94,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_lab_mog(args: argparse.Namespace) -> None:
     import torch
 
+    from .config import parse_overrides, replace
     from .mog import MogConfig, run_mog, summary_line
 
     torch.set_num_threads(args.threads)  # a 128-wide MLP gains nothing from more threads
-    fields = {"dataset": args.dataset, "loss": args.loss, "r1_gamma": args.r1, "gp_lambda": args.gp,
-              "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size, "d_steps": args.d_steps,
-              "min_count": args.min_count}
-    cfg = MogConfig(**{k: v for k, v in fields.items() if v is not None})
+    cfg = replace(MogConfig(), parse_overrides(args.set), "MogConfig")
     report = run_mog(cfg, plot=args.plot, logdir=args.logdir)
     print(json.dumps(report) if args.json else summary_line(report))
 
@@ -190,17 +188,10 @@ def parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="small experiments on training dynamics")
     lab_sub = lab.add_subparsers(dest="lab", required=True)
-    m = lab_sub.add_parser("mog", help="mixture-of-Gaussians mode-collapse benchmark (defaults: MogConfig in "
-                                       "training/mog.py)")
-    m.add_argument("--dataset", help="ring (8 modes) | grid (25 modes)")
-    m.add_argument("--loss", help="minimax | non-saturating | hinge | wasserstein | least-squares")
-    m.add_argument("--r1", type=float, help="R1 penalty weight gamma (0 = off; on by default)")
-    m.add_argument("--gp", type=float, help="WGAN-GP weight lambda (0 = off, the default)")
-    m.add_argument("--steps", type=int, help="generator steps")
-    m.add_argument("--seed", type=int)
-    m.add_argument("--batch-size", type=int)
-    m.add_argument("--d-steps", type=int, help="discriminator steps per generator step")
-    m.add_argument("--min-count", type=int, help="high-quality samples a mode needs to count as covered")
+    m = lab_sub.add_parser("mog", help="mixture-of-Gaussians mode-collapse benchmark (fields and defaults: "
+                                       "MogConfig in training/mog.py)")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a MogConfig field, e.g. dataset=grid, loss=minimax, r1_gamma=0, steps=500")
     m.add_argument("--json", action="store_true", help="print the report as one JSON object")
     m.add_argument("--plot", help="write a scatter plot PNG of the samples over the true modes here")
     m.add_argument("--logdir", help="TensorBoard log folder (per-step losses and generator gradient norm)")

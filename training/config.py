@@ -1,4 +1,8 @@
-"""The training run's typed config: YAML file -> dataclass, `--set key=value` overrides, resolved copy on disk."""
+"""The training run's typed config: YAML file -> frozen dataclass, `--set key=value` overrides, resolved copy on disk.
+
+Both dataclasses check themselves on construction, so a bad run is refused with one error naming the field and
+its allowed values before anything is loaded or written. An override builds a new config (`replace`).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +12,31 @@ from typing import Any
 
 import yaml
 
+from models import ARCHITECTURES
 
-@dataclass
+from .data import DATASETS
+from .diffaugment import AUGMENTATIONS
+from .losses import LOSSES
+from .paired import FORMATS as PAIRED_FORMATS
+
+DIRECTIONS = ("AtoB", "BtoA")
+COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
+CHANNELS = (1, 3)
+
+
+def _one_of(name: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _at_least(obj: Any, low: float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            raise ValueError(f"{name} must be a number >= {low:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     name: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | imagefolder | shapes
     root: str | None = None  # folder of the data (None: the dataset's default place)
@@ -20,8 +47,22 @@ class DataConfig:
     source_channels: int | None = None  # for 'aligned'/'folders' sources; None: same as channels
     direction: str = "AtoB"
 
+    def __post_init__(self) -> None:
+        if self.paired is not None:
+            _one_of("data.paired", self.paired, PAIRED_FORMATS)
+        if self.paired not in ("aligned", "folders"):  # those read data.root alone; every other run names a dataset
+            _one_of("data.name", self.name, DATASETS)
+        if self.paired in ("aligned", "folders") or self.name == "imagefolder":
+            if not self.root:
+                raise ValueError(f"data.root is required for {self.paired or self.name!r} data (a folder)")
+        _one_of("data.direction", self.direction, DIRECTIONS)
+        for name in ("channels", "source_channels"):
+            if getattr(self, name) is not None:
+                _one_of(f"data.{name}", getattr(self, name), CHANNELS)
+        _at_least(self, 1, "resolution")
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainConfig:
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
@@ -63,6 +104,72 @@ class TrainConfig:
     collapse_arm: float = 0.8  # the hysteresis: a ratio that counts as "was varied" before the warm-up
     classifier: str | None = None  # domain classifier checkpoint for the collapse check
 
+    def __post_init__(self) -> None:
+        _one_of("loss", self.loss, LOSSES)
+        for name in filter(None, (p.strip() for p in self.diffaugment.split(","))):
+            _one_of("diffaugment", name, sorted(AUGMENTATIONS))
+        _one_of("collapse_action", self.collapse_action, COLLAPSE_ACTIONS)
+        for section in ("generator", "discriminator"):
+            arch = getattr(self, section).get("architecture")
+            _one_of(f"{section}.architecture", arch, sorted(ARCHITECTURES))
+        _at_least(self, 1, "batch_size", "steps", "d_steps", "log_every", "sample_every", "state_every",
+                  "grid_columns")
+        _at_least(self, 0, "adversarial_weight", "l1_weight", "feature_matching", "r1_gamma", "gp_lambda",
+                  "mode_seeking", "lr_d", "lr_g", "lr_decay_steps", "collapse_check_every")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {list(self.betas)}")
+        paired = self.data.paired is not None
+        if paired and self.diffaugment:
+            raise ValueError("diffaugment is not supported for image-to-image training (it would break pairs); "
+                             f"got diffaugment={self.diffaugment!r} with data.paired={self.data.paired!r}")
+        if paired and self.collapse_check_every > 0:
+            raise ValueError("collapse_check_every needs a class-conditional run (data.paired unset); "
+                             f"got data.paired={self.data.paired!r}")
+        if self.feature_matching > 0:
+            d_arch = self.discriminator["architecture"]
+            if not (hasattr(ARCHITECTURES[d_arch], "features") and self.adversarial_weight > 0):
+                with_features = sorted(n for n, c in ARCHITECTURES.items() if hasattr(c, "features"))
+                raise ValueError(f"feature_matching needs a discriminator with features() ({with_features}) and "
+                                 f"adversarial_weight > 0; got {d_arch}, adversarial_weight "
+                                 f"{self.adversarial_weight}")
+
+
+def replace(cfg: Any, changes: dict[str, Any], section: str = "config") -> Any:
+    """A new frozen config: `cfg` with `changes` (a nested dict) applied by `dataclasses.replace`, so it is
+    validated again. A nested config or a dict field (generator/discriminator) takes a dict of its own changes;
+    unknown keys raise ValueError naming them and the allowed ones."""
+    allowed = {f.name: f for f in dataclasses.fields(cfg)}
+    unknown = set(changes) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown {section} key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    fields: dict[str, Any] = {}
+    for key, value in changes.items():
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            value = {} if value is None else value  # an empty YAML section
+            if not isinstance(value, dict):
+                raise ValueError(f"{key} must be a section of keys, got {value!r}")
+            value = replace(current, value, key)
+        elif isinstance(current, dict) and isinstance(value, dict):
+            value = {**current, **value}
+        elif isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        fields[key] = value
+    return dataclasses.replace(cfg, **fields)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["steps=20", "data.resolution=16"]` -> `{"steps": 20, "data": {"resolution": 16}}` (values are YAML)."""
+    changes: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        _set(changes, key.strip(), yaml.safe_load(value))
+    return changes
+
 
 def _set(obj: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
@@ -74,33 +181,18 @@ def _set(obj: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def from_dict(raw: dict[str, Any]) -> TrainConfig:
-    """Build a TrainConfig from a plain dict; unknown keys raise ValueError naming them and the allowed ones."""
-    allowed = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(raw) - allowed
-    if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    raw = dict(raw)
-    data = raw.pop("data", {}) or {}
-    data_allowed = {f.name for f in dataclasses.fields(DataConfig)}
-    if set(data) - data_allowed:
-        raise ValueError(f"unknown data key(s) {sorted(set(data) - data_allowed)}; allowed: {sorted(data_allowed)}")
-    if "betas" in raw:
-        raw["betas"] = tuple(raw["betas"])
-    return TrainConfig(data=DataConfig(**data), **raw)
+    """Build a validated TrainConfig from a plain dict (a YAML run file); unknown keys raise ValueError."""
+    return replace(TrainConfig(), raw)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML run file and apply `key=value` overrides (dotted keys, YAML values)."""
     raw: dict[str, Any] = {}
     if path is not None:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        _set(raw, key.strip(), yaml.safe_load(value))
-    return from_dict(raw)
+    cfg = from_dict(raw)
+    return replace(cfg, parse_overrides(overrides)) if overrides else cfg
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

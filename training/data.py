@@ -10,17 +10,19 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from models.checkpoint import NORMALIZATION
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SHAPES_CLASSES = ["circle", "square", "triangle", "cross"]
 SPLITS = ("train", "test")
-NORMALIZATION = {"mean": 0.5, "std": 0.5}  # x = (u8 / 255 - mean) / std  ->  [-1, 1]
 
 
 @dataclass
@@ -148,29 +150,32 @@ def make_shapes(n: int, resolution: int = 32, seed: int = 0) -> ImageData:
                      list(SHAPES_CLASSES), "shapes")
 
 
+def _shapes(root: str | None, split: str, resolution: int, channels: int | None) -> ImageData:
+    return make_shapes(4000 if split == "train" else 1000, resolution, seed=0 if split == "train" else 1)
+
+
+# name -> loader(root, split, resolution, channels); the loaders that ignore size and channels get them converted
+LOADERS: dict[str, Callable[[str | None, str, int, int | None], ImageData]] = {
+    "fashion-mnist": lambda root, split, resolution, channels: _fashion_mnist(root, split),
+    "mnist": lambda root, split, resolution, channels: _mnist(root, split),
+    "cifar10": lambda root, split, resolution, channels: _cifar10(root, split),
+    "imagefolder": lambda root, split, resolution, channels: _imagefolder(root, split, resolution, channels or 3),
+    "shapes": _shapes,
+}
+DATASETS = tuple(LOADERS)
+
+
 def load_dataset(name: str, split: str = "train", root: str | None = None, resolution: int = 32,
                  channels: int | None = None) -> ImageData:
-    """Load a named dataset split into memory. Names: fashion-mnist, mnist, cifar10, imagefolder, shapes."""
+    """Load a named dataset split into memory. Names: the keys of LOADERS."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
-    if name == "fashion-mnist":
-        data = _fashion_mnist(root, split)
-    elif name == "mnist":
-        data = _mnist(root, split)
-    elif name == "cifar10":
-        data = _cifar10(root, split)
-    elif name == "imagefolder":
-        data = _imagefolder(root, split, resolution, channels or 3)
-    elif name == "shapes":
-        data = make_shapes(4000 if split == "train" else 1000, resolution, seed=0 if split == "train" else 1)
-    else:
+    if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {list(DATASETS)}")
+    data = LOADERS[name](root, split, resolution, channels)
     if channels is not None and channels != data.images.shape[1]:
         data.images = convert_channels(data.images, channels)
     return data
-
-
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "shapes")
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

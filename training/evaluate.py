@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from models import load, save
+from models.checkpoint import CLASSIFIER, CONDITIONAL, GENERATOR_KINDS, IMAGE_TO_IMAGE
 from models.sampling import pick_device
 
 from .classifier import normalize
@@ -149,7 +150,7 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     root = (prov.get("config") or {}).get("data", {}).get("root")
     clf_path = Path(classifier) if classifier else default_classifier(dataset)
     clf, clf_meta = load(clf_path, dev)
-    if clf_meta.get("kind") != "classifier":
+    if clf_meta.get("kind") != CLASSIFIER:
         raise ValueError(f"{clf_path} is not a classifier checkpoint (kind={clf_meta.get('kind')!r})")
     fake = as_nchw(images)
     if list(fake.shape[1:]) != [clf_meta["img_channels"], *clf_meta["native_size"]]:
@@ -179,7 +180,7 @@ def evaluate_conditional(checkpoint: str, classifier: str | None = None, per_cla
     ratios = {names[c]: d["ratio"] for c, d in enumerate(diversity)}
     return {
         "checkpoint": str(checkpoint),
-        "kind": "conditional",
+        "kind": CONDITIONAL,
         "feature_space": "domain" if features == "domain" else "inception-v3 pool3 (2048)",
         "classifier": str(clf_path),
         "classifier_test_accuracy": (test_pred == test.labels).float().mean().item(),
@@ -224,7 +225,7 @@ def evaluate_translation(checkpoint: str, classifier: str | None = None, seed: i
     dataset = prov.get("dataset")
     root = (prov.get("config") or {}).get("data", {}).get("root")
     arrays = translate_dataset(checkpoint, dataset, "test", root, limit=limit, device=device)
-    report: dict[str, Any] = {"checkpoint": str(checkpoint), "kind": "image-to-image",
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "kind": IMAGE_TO_IMAGE,
                               "derivation": meta["task"].get("derivation"), "num_images": len(arrays["outputs"]),
                               **pixel_metrics(arrays["outputs"], arrays["targets"])}
     if arrays["inputs"].shape == arrays["targets"].shape:
@@ -262,12 +263,12 @@ def evaluate(checkpoint: str, classifier: str | None = None, per_class: int = 10
     from models import read_metadata
 
     kind = read_metadata(checkpoint).get("kind")
-    if kind == "conditional":
+    if kind == CONDITIONAL:
         report = evaluate_conditional(checkpoint, classifier, per_class, seed, features, device, truncation)
-    elif kind == "image-to-image":
+    elif kind == IMAGE_TO_IMAGE:
         report = evaluate_translation(checkpoint, classifier, seed, features, device)
     else:
-        raise ValueError(f"cannot evaluate a {kind!r} checkpoint; supported: ['conditional', 'image-to-image']")
+        raise ValueError(f"cannot evaluate a {kind!r} checkpoint; supported: {list(GENERATOR_KINDS)}")
     if record:
         module, meta = load(checkpoint)
         meta["metrics"] = {k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "seed"}

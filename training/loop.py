@@ -1,8 +1,8 @@
 """The GAN training loop: D-steps, G-step, EMA; resume state, TensorBoard, sample grids, final export.
 
-One loop serves both kinds of model. What differs lives in a small task object: how a batch is drawn
-(labels + images, or source + target images), how the generator is called, the generator's extra loss
-(pix2pix's L1), the preview grid and the exported metadata. Discriminators all take `D(x, condition)`.
+One loop serves both kinds of model; what differs lives in a task object (training/tasks.py).
+The batch order (sampler.py), the EMA and BatchNorm helpers (ema.py), the learning-rate schedule (optim.py)
+and the mode-collapse alarm (collapse.py) each have their own module.
 """
 from __future__ import annotations
 
@@ -14,272 +14,38 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build, save
-from models.checkpoint import atomic_write, to_device
-from models.sampling import generate, grid, pick_device, to_uint8
+from models.checkpoint import CONDITIONAL, IMAGE_TO_IMAGE, atomic_write, to_device
+from models.sampling import pick_device
 
-from .config import TrainConfig, to_dict, write_config
-from .data import NORMALIZATION, geometry, load_dataset
+from .collapse import CollapseMonitor
+from .config import TrainConfig, write_config
 from .diffaugment import diff_augment
+from .ema import ema_update
 from .losses import feature_matching, get_loss
-from .regularizers import gradient_penalty, mode_seeking_loss, r1_penalty
-from .sample import save_png
+from .optim import grad_norm, lr_scale
+from .regularizers import gradient_penalty, r1_penalty
+from .sampler import BatchSampler
+from .tasks import TASKS
 
 STATE_NAME = "state.pt"
 
 
-class BatchSampler:
-    """Deterministic shuffled batches: draw k covers positions k*B..(k+1)*B-1 of an endless sequence of
-    per-epoch permutations seeded by (seed, epoch), so a resumed run sees exactly the same batches."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
-        return self._perm
-
-    def indices(self, draw: int) -> torch.Tensor:
-        pos = torch.arange(draw * self.batch_size, (draw + 1) * self.batch_size)
-        epochs, offsets = pos // self.n, pos % self.n
-        return torch.stack([self._permutation(int(e))[o] for e, o in zip(epochs, offsets)])
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN statistics) are copied."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(generator: nn.Module, inputs: Any, batches: int = 32) -> None:
-    """Re-estimate BatchNorm running statistics for the (EMA) weights as a cumulative average over
-    `batches` forward passes ("standing statistics", BigGAN), so eval-mode outputs match the weights.
-    `inputs(i)` returns the positional arguments of the i-th forward pass."""
-    bns = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average
-    generator.train()
-    for i in range(batches):
-        generator(*inputs(i))
-    for bn, m in zip(bns, saved):
-        bn.momentum = m
-    generator.eval()
-
-
-def lr_scale(step: int, steps: int, decay_steps: int) -> float:
-    """Learning-rate factor at `step`: 1, then linearly down to 0 over the last `decay_steps` steps (pix2pix's
-    schedule). A function of the step alone, so a resumed run follows the same schedule."""
-    if decay_steps <= 0:
-        return 1.0
-    return min(1.0, (steps - step) / decay_steps)
-
-
-def grad_norm(module: nn.Module) -> float:
-    """L2 norm of all parameter gradients of `module`."""
-    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
-    return torch.stack(norms).norm().item() if norms else 0.0
-
-
-def _provenance(cfg: TrainConfig, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"dataset": cfg.data.name, "split": "train", "steps": step, "seed": cfg.seed,
-            "command": " ".join(sys.argv), "config": to_dict(cfg), **extra}
-
-
-class ConditionalTask:
-    """noise + class label -> image. Condition = labels."""
-
-    kind = "conditional"
-
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        self.cfg, self.device = cfg, device
-        self.data = load_dataset(cfg.data.name, "train", cfg.data.root, cfg.data.resolution, cfg.data.channels)
-        self.num_classes = len(self.data.class_names)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def arch_defaults(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        common = {"num_classes": self.num_classes, "img_resolution": self.cfg.data.resolution,
-                  "img_channels": int(self.data.images.shape[1])}
-        return common, common
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from .data import prepare
-
-        return self.data.labels[idx].to(self.device), prepare(self.data.images[idx], self.cfg.data.resolution).to(
-            self.device)
-
-    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(len(cond), G.z_dim, generator=noise_gen).to(self.device)
-        return G(z, cond), z
-
-    def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if self.cfg.mode_seeking <= 0:
-            return torch.zeros((), device=fake.device)
-        return self.cfg.mode_seeking * mode_seeking_loss(fake, z, cond)
-
-    def recalibrate(self, G: nn.Module, batches: int) -> None:
-        gen = torch.Generator().manual_seed(self.cfg.seed)
-        recalibrate_batchnorm(G, lambda i: (torch.randn(64, G.z_dim, generator=gen).to(self.device),
-                                            torch.randint(0, self.num_classes, (64,), generator=gen).to(self.device)),
-                              batches)
-
-    def metadata(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-        _, native = geometry(self.data.native_size, self.cfg.data.resolution)
-        return {"kind": self.kind, "class_names": self.data.class_names,
-                "img_resolution": self.cfg.data.resolution, "img_channels": int(self.data.images.shape[1]),
-                "native_size": native, "normalization": NORMALIZATION,
-                "provenance": _provenance(self.cfg, step, extra), "metrics": {}}
-
-    def save_grid(self, G: nn.Module, meta: dict[str, Any], path: Path, max_rows: int = 16) -> None:
-        """Fixed-seed samples, one row per class (first `max_rows` classes)."""
-        cols = self.cfg.grid_columns
-        labels = [r for r in range(min(self.num_classes, max_rows)) for _ in range(cols)]
-        save_png(path, grid(to_uint8(generate(G, labels, list(range(len(labels)))), meta), cols))
-
-
-class TranslationTask:
-    """source image -> target image (pix2pix). Condition = the source batch."""
-
-    kind = "image-to-image"
-
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        from .paired import load_paired
-
-        if cfg.diffaugment:
-            raise ValueError("diffaugment is not supported for image-to-image training (it would break pairs)")
-        self.cfg, self.device = cfg, device
-        d = cfg.data
-        self.data = load_paired(d.paired, d.name, "train", d.root, d.resolution, d.channels, d.source_channels,
-                                d.direction)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def arch_defaults(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        common = {"in_channels": self.data.source_channels, "out_channels": self.data.target_channels,
-                  "img_resolution": self.cfg.data.resolution}
-        return common, common
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        source, target = self.data.batch(idx, self.cfg.data.resolution)
-        return source.to(self.device), target.to(self.device)
-
-    def fake(self, G: nn.Module, cond: torch.Tensor, noise_gen: torch.Generator) -> tuple[torch.Tensor, None]:
-        return G(cond), None  # dropout is the noise source
-
-    def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: None) -> torch.Tensor:
-        return self.cfg.l1_weight * F.l1_loss(fake.float(), real.float())
-
-    def recalibrate(self, G: nn.Module, batches: int) -> None:
-        sampler = BatchSampler(len(self.data), 64, self.cfg.seed + 7)
-        recalibrate_batchnorm(G, lambda i: (self.batch(sampler.indices(i))[0],), batches)
-
-    def metadata(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-        d = self.cfg.data
-        mode, native = geometry(self.data.native_size, d.resolution)
-        return {"kind": self.kind, "class_names": self.data.class_names,
-                "img_resolution": d.resolution, "img_channels": self.data.target_channels,
-                "native_size": native, "normalization": NORMALIZATION,
-                "task": {"source_channels": self.data.source_channels,
-                         "target_channels": self.data.target_channels,
-                         "derivation": self.data.derivation, "paired": d.paired, "direction": d.direction,
-                         "training_geometry": mode},
-                "provenance": _provenance(self.cfg, step, extra), "metrics": {}}
-
-    def save_grid(self, G: nn.Module, meta: dict[str, Any], path: Path) -> None:
-        """Three rows: sources, outputs, targets, for the first `grid_columns` training pairs."""
-        idx = torch.arange(min(self.cfg.grid_columns, len(self.data)))
-        source, target = self.batch(idx)
-        with torch.no_grad():
-            output = G(source).float()
-        rows = [to_uint8(t.float().cpu(), meta) for t in (source, output, target)]
-        rows = [r if r.ndim == 4 else np.repeat(r[..., None], 3, -1) for r in rows]
-        rows = [r if r.shape[-1] == 3 else np.repeat(r, 3, -1) for r in rows]
-        save_png(path, grid(np.concatenate(rows), len(idx)))
-
-
-TASKS = {"conditional": ConditionalTask, "image-to-image": TranslationTask}
-
-
-class CollapseMonitor:
-    """Mode-collapse alarm: every `collapse_check_every` steps, sample each class with the EMA generator and
-    compare its diversity (mean pairwise distance in the domain classifier's feature space) with the real
-    data's. A class below `collapse_threshold` raises the alarm once it has reached `collapse_arm` at an
-    earlier check (it fell into collapse; the gap between the two levels keeps noise around the threshold
-    from alarming), or at any check from step `collapse_warmup` on (it never became varied). Before that,
-    low diversity is how every generator starts: it has not learned to use z yet."""
-
-    def __init__(self, cfg: TrainConfig, task: ConditionalTask, device: torch.device, per_class: int = 64):
-        from models import load
-
-        from .evaluate import default_classifier, embed
-
-        self.cfg, self.task, self.per_class = cfg, task, per_class
-        self.classifier, _ = load(cfg.classifier or default_classifier(cfg.data.name), device)
-        data = task.data
-        idx = torch.cat([torch.nonzero(data.labels == c).flatten()[:per_class] for c in range(task.num_classes)])
-        self.real_feats, _ = embed(self.classifier, data.images[idx])
-        self.real_labels = data.labels[idx]
-        self.labels = torch.arange(task.num_classes).repeat_interleave(per_class)
-        self.seeds = (10_000_000 + torch.arange(len(self.labels))).tolist()  # fixed, apart from grid seeds
-        self.armed: set[str] = set()  # classes that have reached collapse_arm at some check
-
-    def collapsed(self, ratios: dict[str, float], step: int) -> dict[str, float]:
-        """The classes to alarm on at this check (name -> ratio), given `check`'s ratios."""
-        low = {n: round(v, 3) for n, v in ratios.items() if v < self.cfg.collapse_threshold}
-        alarm = {n: v for n, v in low.items() if n in self.armed or step >= self.cfg.collapse_warmup}
-        self.armed |= {n for n, v in ratios.items() if v >= self.cfg.collapse_arm}
-        return alarm
-
-    def check(self, G_ema: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
-        """Diversity ratio per class name."""
-        from .evaluate import as_nchw, class_diversity, embed
-
-        self.task.recalibrate(G_ema, batches=4)
-        feats, _ = embed(self.classifier, as_nchw(to_uint8(generate(G_ema, self.labels.tolist(), self.seeds), meta)))
-        div = class_diversity(feats, self.labels, self.real_feats, self.real_labels, self.task.num_classes)
-        return {name: d["ratio"] for name, d in zip(self.task.data.class_names, div)}
-
-
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train a GAN as configured (class-conditional, or image-to-image when `data.paired` is set);
-    returns the exported checkpoint's path."""
+    returns the exported checkpoint's path. `cfg` validated itself on construction; the workdir is written
+    only once the data, the networks and the collapse monitor's classifier have loaded."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, workdir / "config.yaml")
-    if cfg.collapse_action not in ("warn", "stop", "rollback"):
-        raise ValueError(f"collapse_action must be warn, stop or rollback; got {cfg.collapse_action!r}")
-
-    task = TASKS["image-to-image" if cfg.data.paired else "conditional"](cfg, device)
+    task = TASKS[IMAGE_TO_IMAGE if cfg.data.paired else CONDITIONAL](cfg, device)
     g_common, d_common = task.arch_defaults()
     g_cfg, d_cfg = dict(cfg.generator), dict(cfg.discriminator)
     G = to_device(build(g_cfg.pop("architecture"), {**g_cfg, **g_common}), device).train()
     D = to_device(build(d_cfg.pop("architecture"), {**d_cfg, **d_common}), device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    if cfg.feature_matching > 0 and not (hasattr(D, "features") and cfg.adversarial_weight > 0):
-        raise ValueError(f"feature_matching needs a discriminator with features() (PatchDiscriminator) and "
-                         f"adversarial_weight > 0; got {type(D).__name__}, adversarial_weight "
-                         f"{cfg.adversarial_weight}")
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     d_loss_fn, g_loss_fn = get_loss(cfg.loss)
@@ -290,12 +56,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     aug = lambda x: diff_augment(x, cfg.diffaugment)  # noqa: E731
     step, images_seen, train_seconds = 0, 0, 0.0
 
-    monitor = None
-    if cfg.collapse_check_every > 0:
-        if task.kind != "conditional":
-            raise ValueError("collapse_check_every needs a class-conditional run")
-        monitor = CollapseMonitor(cfg, task, device)
+    monitor = CollapseMonitor(cfg, task, device) if cfg.collapse_check_every > 0 else None
 
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, workdir / "config.yaml")
     state_path = workdir / STATE_NAME
 
     def snapshot() -> dict[str, Any]:

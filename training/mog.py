@@ -28,8 +28,9 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .loop import ema_update, grad_norm
+from .ema import ema_update
 from .losses import get_loss
+from .optim import grad_norm
 from .regularizers import gradient_penalty, r1_penalty
 
 Tensor = torch.Tensor

@@ -7,14 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from models import load
-from models.checkpoint import atomic_write
+from models.checkpoint import CONDITIONAL, atomic_write, require_kind
 from models.sampling import class_index, generate, grid, pick_device, to_uint8
-
-
-def require_kind(meta: dict, kind: str, path: str) -> None:
-    """ValueError when a checkpoint is of another kind than the command needs."""
-    if meta.get("kind") != kind:
-        raise ValueError(f"{path} is a {meta.get('kind')!r} checkpoint; this command needs a {kind!r} one")
 
 
 def sample_arrays(checkpoint: str, per_class: int, seed: int, classes: list[str] | None = None,
@@ -26,7 +20,7 @@ def sample_arrays(checkpoint: str, per_class: int, seed: int, classes: list[str]
     if per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {per_class}")
     G, meta = load(checkpoint, pick_device(device))
-    require_kind(meta, "conditional", checkpoint)
+    require_kind(meta, CONDITIONAL, checkpoint)
     names = meta["class_names"]
     wanted = sorted({class_index(names, c) for c in classes}) if classes else list(range(len(names)))
     labels = np.repeat(np.asarray(wanted, dtype=np.int64), per_class)

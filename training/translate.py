@@ -7,10 +7,11 @@ import numpy as np
 import torch
 
 from models import load
+from models.checkpoint import IMAGE_TO_IMAGE, model_resolution, require_kind, task_channels
 from models.sampling import pick_device, to_uint8, translate
 
 from .paired import load_paired
-from .sample import require_kind, save_npz, save_png
+from .sample import save_npz, save_png
 
 
 def translate_files(checkpoint: str, files: list[str], out_dir: str, derive_source: bool = False,
@@ -19,13 +20,14 @@ def translate_files(checkpoint: str, files: list[str], out_dir: str, derive_sour
     from PIL import Image, UnidentifiedImageError
 
     G, meta = load(checkpoint, pick_device(device))
-    require_kind(meta, "image-to-image", checkpoint)
+    require_kind(meta, IMAGE_TO_IMAGE, checkpoint)
     written = []
     for name in files:
         path = Path(name)
         try:
             with Image.open(path) as img:
-                channels = meta["task"]["target_channels" if derive_source else "source_channels"]
+                source, target = task_channels(meta)
+                channels = target if derive_source else source
                 arr = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
         except FileNotFoundError:
             raise FileNotFoundError(f"no such image: {path}") from None
@@ -47,19 +49,21 @@ def translate_dataset(checkpoint: str, dataset: str | None, split: str, root: st
     Sources are made exactly as in training: targets padded/resized to the model resolution, then the
     checkpoint's derivation (or the paired files for 'aligned'/'folders')."""
     G, meta = load(checkpoint, pick_device(device))
-    require_kind(meta, "image-to-image", checkpoint)
+    require_kind(meta, IMAGE_TO_IMAGE, checkpoint)
     task = meta["task"]
     paired = paired or task.get("derivation")
     if not paired:
         raise ValueError("this checkpoint was trained on paired files; give --paired aligned|folders and --root")
-    data = load_paired(paired, dataset or meta["provenance"].get("dataset"), split, root, meta["img_resolution"],
-                       task["target_channels"], task["source_channels"], task.get("direction", "AtoB"))
+    resolution = model_resolution(meta)
+    source_channels, target_channels = task_channels(meta)
+    data = load_paired(paired, dataset or meta["provenance"].get("dataset"), split, root, resolution,
+                       target_channels, source_channels, task.get("direction", "AtoB"))
     n = len(data) if limit is None else min(limit, len(data))
     dev = next(G.parameters()).device
     inputs, outputs, targets = [], [], []
     for i in range(0, n, batch_size):
         idx = torch.arange(i, min(i + batch_size, n))
-        source, target = data.batch(idx, meta["img_resolution"])
+        source, target = data.batch(idx, resolution)
         output = G(source.to(dev)).float().cpu()
         inputs.append(to_uint8(source, meta))
         outputs.append(to_uint8(output, meta))

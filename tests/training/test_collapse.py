@@ -8,7 +8,8 @@ import torch.nn as nn
 from models import load
 from tests.training.helpers import shapes_classifier, train_tiny
 from training.config import from_dict
-from training.loop import CollapseMonitor, ConditionalTask
+from training.collapse import CollapseMonitor
+from training.tasks import ConditionalTask
 from tests.training.helpers import tiny_run
 
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from training.config import load_config, to_dict
+from training.config import load_config, replace, to_dict
 
 
 def test_yaml_plus_overrides(tmp_path):
@@ -17,3 +17,65 @@ def test_yaml_plus_overrides(tmp_path):
 def test_bad_overrides_name_the_key(override, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss=wgan", "loss must be one of ['minimax', 'non-saturating', 'hinge', 'wasserstein', 'least-squares']"),
+    ("diffaugment=translation,zoom", "diffaugment must be one of ['color', 'colour', 'cutout', 'translation'], "
+                                     "got 'zoom'"),
+    ("collapse_action=panic", "collapse_action must be one of ['warn', 'stop', 'rollback'], got 'panic'"),
+    ("data.paired=sketch", "data.paired must be one of ['aligned', 'folders', 'edges'"),
+    ("data.direction=up", "data.direction must be one of ['AtoB', 'BtoA'], got 'up'"),
+    ("data.name=imagenet", "data.name must be one of ['fashion-mnist'"),
+    ("data.name=imagefolder", "data.root is required for 'imagefolder'"),
+    ("data.channels=2", "data.channels must be one of [1, 3], got 2"),
+    ("feature_matching=10", "feature_matching needs a discriminator with features()"),
+    ("generator.architecture=Transformer", "generator.architecture must be one of"),
+    ("steps=0", "steps must be a number >= 1, got 0"),
+    ("ema_decay=1.5", "ema_decay must be in [0, 1)"),
+])
+def test_bad_fields_are_named_with_their_allowed_values(override, message):
+    with pytest.raises(ValueError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.paired=edges", "diffaugment=translation"], "diffaugment is not supported for image-to-image"),
+    (["data.paired=edges", "collapse_check_every=100"], "collapse_check_every needs a class-conditional run"),
+    (["data.paired=edges", "discriminator.architecture=PatchDiscriminator", "feature_matching=10",
+      "adversarial_weight=0"], "adversarial_weight > 0"),
+])
+def test_combinations_a_run_cannot_serve_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_configs_are_frozen_and_overrides_build_new_ones():
+    import dataclasses
+
+    base = load_config(None, [])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.steps = 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.data.name = "mnist"
+    new = replace(base, {"steps": 5, "data": {"name": "shapes"}, "generator": {"base_channels": 8}})
+    assert (new.steps, new.data.name, new.generator) == (
+        5, "shapes", {"architecture": "ConditionalGenerator", "base_channels": 8})
+    assert (base.steps, base.data.name, base.generator) == (3000, "fashion-mnist",
+                                                            {"architecture": "ConditionalGenerator"})
+    with pytest.raises(ValueError, match="loss must be one of"):
+        replace(base, {"loss": "wgan"})  # a replacement is validated like a new config
+
+
+def test_a_bad_run_writes_nothing(tmp_path, capsys):
+    from training.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "data": {"name": "shapes"}, "workdir": str(tmp_path / "run"),
+                                    "export": str(tmp_path / "ckpt")}))
+    for bad in ("loss=wgan", "diffaugment=zoom", "collapse_action=panic", "feature_matching=10"):
+        assert main(["train", str(path), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ganforge train: error: ") and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]  # no workdir, no export

@@ -98,8 +98,8 @@ def test_cli_json_plot_and_tensorboard(tmp_path, capsys, one_thread):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    argv = ["lab", "mog", "--loss", "minimax", "--r1", "0.1", "--steps", "20", "--seed", "3", "--json",
-            "--plot", str(tmp_path / "mog.png"), "--logdir", str(tmp_path / "tb")]
+    argv = ["lab", "mog", "--set", "loss=minimax", "--set", "r1_gamma=0.1", "--set", "steps=20", "--set", "seed=3",
+            "--json", "--plot", str(tmp_path / "mog.png"), "--logdir", str(tmp_path / "tb")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     report = json.loads(out)  # exactly one JSON object, nothing else on stdout
@@ -113,15 +113,16 @@ def test_cli_json_plot_and_tensorboard(tmp_path, capsys, one_thread):
 
 
 def test_cli_text_mentions_the_metrics(capsys, one_thread):
-    assert main(["lab", "mog", "--dataset", "grid", "--steps", "5"]) == 0
+    assert main(["lab", "mog", "--set", "dataset=grid", "--set", "steps=5"]) == 0
     out = capsys.readouterr().out.strip()
     assert "/25" in out and "high-quality" in out and len(out.splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--loss", "wgan"], "unknown loss 'wgan'"),
-    (["--dataset", "spiral"], "unknown MoG dataset 'spiral'"),
-    (["--steps", "0"], "steps must be >= 1"),
+    (["--set", "loss=wgan"], "unknown loss 'wgan'"),
+    (["--set", "dataset=spiral"], "unknown MoG dataset 'spiral'"),
+    (["--set", "steps=0"], "steps must be >= 1"),
+    (["--set", "r1=0.1"], "unknown MogConfig key(s) ['r1']"),
 ])
 def test_cli_bad_values_exit_2_with_one_line(capsys, argv, message):
     assert main(["lab", "mog", *argv]) == 2

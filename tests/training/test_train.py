@@ -6,7 +6,7 @@ import torch
 from models import load
 from tests.training.helpers import shapes_classifier, train_tiny
 from training.evaluate import embed
-from training.loop import lr_scale
+from training.optim import lr_scale
 from training.sample import sample_arrays
 
 
