@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from models import load
-from models.checkpoint import atomic_write, file_hash
+from models.checkpoint import atomic_write, file_hash, normalization
 
 from .signature import OUTPUT, dynamic_axes, example_inputs, input_names
 
@@ -127,7 +127,7 @@ def _describe(module: nn.Module, meta: dict[str, Any], sha256: str, fmt: str, ch
     """The flat string map embedded in the file (JSON values)."""
     values: dict[str, Any] = {
         "kind": meta["kind"], "architecture": meta["architecture"], "class_names": meta.get("class_names"),
-        "native_size": meta.get("native_size"), "normalization": meta.get("normalization", {"mean": 0.5, "std": 0.5}),
+        "native_size": meta.get("native_size"), "normalization": normalization(meta),
         "provenance": meta.get("provenance", {}), "img_resolution": module.img_resolution,
         "img_channels": module.img_channels, "inputs": list(input_names(meta)), "output": OUTPUT,
         "source_sha256": sha256, "parity": check,

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from models import sampling
+from models.checkpoint import model_resolution, task_channels
 
 from .engines import BACKENDS, LOW_DTYPES, Backend, TorchAutocast, TorchEager, available
 
@@ -47,8 +48,8 @@ def probe(generator: Any, meta: dict[str, Any], size: int = PROBE_SIZE) -> np.nd
     if meta["kind"] == "conditional":
         labels = [i % generator.num_classes for i in range(size)]
         return sampling.to_uint8(sampling.generate(generator, labels, list(range(size))), meta)
-    r = int(meta.get("img_resolution", generator.img_resolution))
-    channels = int(meta.get("task", {}).get("source_channels", 1))
+    r = model_resolution(meta)
+    channels = task_channels(meta)[0]
     shape = (size, r, r) if channels == 1 else (size, r, r, channels)
     images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     return sampling.translate(generator, images, meta)

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-INPUTS = {"conditional": ("z", "y"), "image-to-image": ("x",)}
+from models.checkpoint import CONDITIONAL, IMAGE_TO_IMAGE
+
+INPUTS = {CONDITIONAL: ("z", "y"), IMAGE_TO_IMAGE: ("x",)}  # one entry per models.checkpoint.GENERATOR_KINDS
 OUTPUT = "image"
 
 
@@ -26,7 +28,7 @@ def input_names(meta: dict[str, Any]) -> tuple[str, ...]:
 
 def dynamic_axes(meta: dict[str, Any]) -> dict[str, dict[int, str]]:
     """Every input and the output have a dynamic batch; image-to-image also a dynamic height and width."""
-    if meta["kind"] == "conditional":
+    if meta["kind"] == CONDITIONAL:
         return {"z": {0: "batch"}, "y": {0: "batch"}, OUTPUT: {0: "batch"}}
     return {"x": {0: "batch", 2: "height", 3: "width"}, OUTPUT: {0: "batch", 2: "height", 3: "width"}}
 
