@@ -417,8 +417,10 @@ def checkpoint_job(checkpoint: str | os.PathLike, per_class: int | Mapping[str, 
                       chunk_size=chunk_size, batch_size=batch_size, model=name)
 
 
-def checkpoint_renderer(checkpoint: str | os.PathLike, truncation: float | None, device: str = "auto") -> Render:
-    """`render` for `run` from a checkpoint, loaded on first use (a finished job never loads it)."""
+def checkpoint_renderer(checkpoint: str | os.PathLike, truncation: float | None, device: str = "auto",
+                        backend: Callable[[Any, dict, Any], Any] | None = None) -> Render:
+    """`render` for `run` from a checkpoint, loaded on first use (a finished job never loads it). `backend`:
+    `(module, meta, device) -> what runs its forward pass` (e.g. `backends.choose`); default the module."""
     from .checkpoint import load
     from .sampling import generate, pick_device, to_uint8
 
@@ -426,7 +428,9 @@ def checkpoint_renderer(checkpoint: str | os.PathLike, truncation: float | None,
 
     def render(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         if not loaded:
-            loaded.extend(load(checkpoint, pick_device(device)))
+            dev = pick_device(device)
+            module, meta = load(checkpoint, dev)
+            loaded.extend((backend(module, meta, dev) if backend else module, meta))
         G, meta = loaded
         return to_uint8(generate(G, labels.tolist(), seeds.tolist(), truncation), meta)
 
@@ -434,10 +438,12 @@ def checkpoint_renderer(checkpoint: str | os.PathLike, truncation: float | None,
 
 
 def augment_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, device: str = "auto",
-                       progress: Callable[[int, int], None] | None = None, **job_args: Any) -> dict[str, Any]:
-    """`ganforge augment`: build the job from the checkpoint and `job_args` (see `checkpoint_job`), run it."""
+                       progress: Callable[[int, int], None] | None = None,
+                       backend: Callable[[Any, dict, Any], Any] | None = None, **job_args: Any) -> dict[str, Any]:
+    """`ganforge augment`: build the job from the checkpoint and `job_args` (see `checkpoint_job`), run it
+    (`backend`: see `checkpoint_renderer`)."""
     job = checkpoint_job(checkpoint, **job_args)
-    return run(job, out, checkpoint_renderer(checkpoint, job.truncation, device), progress)
+    return run(job, out, checkpoint_renderer(checkpoint, job.truncation, device, backend), progress)
 
 
 def zip_folder(folder: str | os.PathLike, path: str | os.PathLike, skip: Callable[[str], bool] = _is_temp) -> Path:
