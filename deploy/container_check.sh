@@ -11,8 +11,9 @@
 #   2. podman (Debian's 4.3) instead of Docker: runc as runtime, host networking, and a containers.conf
 #      whose [containers] clears default_ulimits (the defaults cannot be applied inside this VM).
 #   3. `bentoml build` as usual (the bundled checkpoints exported into a private BENTOML_HOME), then the
-#      Dockerfile BentoML generates (`bentoml.container.get_containerfile`), unchanged except its FROM line
-#      (python:3.11-slim -> $BASE), built by `podman build`. Python packages still come from the package
+#      build context and Dockerfile `bentoml containerize` generates (BentoML's construct_containerfile:
+#      the Bento plus its models), the Dockerfile unchanged except its FROM line (python:3.11-slim -> $BASE),
+#      built by `podman build`. Python packages still come from the package
 #      index, exactly as requirements.txt pins them (torch with its CUDA libraries: the image runs on a GPU
 #      host too, but no GPU was exercised here).
 #   4. The image is run with --network host, the server bound to 127.0.0.1:$PORT; the script times the cold
@@ -88,16 +89,27 @@ log "bentoml build"
 "$PY" -m bentoml build --output tag >"$WORK/build.out" 2>&1 || { cat "$WORK/build.out" >&2; die "bentoml build failed"; }
 TAG=$(grep -o '__tag__:[^ ]*' "$WORK/build.out" | tail -1 | cut -d: -f2-)
 [ -n "$TAG" ] || TAG=$(tail -1 "$WORK/build.out")
-BENTO_DIR=$("$PY" -c "import bentoml, sys; print(bentoml.get(sys.argv[1]).path)" "$TAG")
-"$PY" -c "import bentoml, sys; bentoml.container.get_containerfile(sys.argv[1], output_path=sys.argv[2])" \
-  "$TAG" "$WORK/Containerfile.generated"
+# The build context and Containerfile `bentoml containerize` would hand to Docker: the Bento plus its models
+# (BentoML 1.4 keeps the weights in the model store, not in the Bento folder), from BentoML's own
+# construct_containerfile (bentoml._internal.container, the function containerize calls).
+rm -rf "$WORK/context"
+"$PY" - "$TAG" "$WORK/context" <<'PYEOF'
+import shutil, sys
+import bentoml
+from bentoml._internal.container import construct_containerfile
+
+with construct_containerfile(bentoml.get(sys.argv[1]), enable_buildkit=True, add_header=True) as (ctx, _):
+    shutil.copytree(ctx, sys.argv[2])  # the final Dockerfile is its env/docker/Dockerfile
+PYEOF
+cp "$WORK/context/env/docker/Dockerfile" "$WORK/Containerfile.generated"
 grep -q '^FROM python:3.11-slim AS base-container$' "$WORK/Containerfile.generated" \
   || die "the generated Containerfile's FROM line is not python:3.11-slim (BentoML changed?)"
 sed "s#^FROM python:3.11-slim AS base-container\$#FROM $BASE AS base-container#" \
   "$WORK/Containerfile.generated" > "$WORK/Containerfile"
+ls "$WORK"/context/models/*/*/model.safetensors >/dev/null || die "no model weights in the build context"
 log "podman build $IMAGE from $TAG (FROM $BASE)"
 BUILD_START=$(date +%s)
-podman build --network host -f "$WORK/Containerfile" -t "$IMAGE" "$BENTO_DIR" >"$WORK/podman-build.log" 2>&1 \
+podman build --network host -f "$WORK/Containerfile" -t "$IMAGE" "$WORK/context" >"$WORK/podman-build.log" 2>&1 \
   || { tail -40 "$WORK/podman-build.log" >&2; die "podman build failed (log: $WORK/podman-build.log)"; }
 BUILD_S=$(( $(date +%s) - BUILD_START ))
 SIZE=$(podman image inspect --format '{{.Size}}' "$IMAGE")
