@@ -107,7 +107,10 @@ grep -q '^FROM python:3.11-slim AS base-container$' "$WORK/Containerfile.generat
 sed "s#^FROM python:3.11-slim AS base-container\$#FROM $BASE AS base-container#" \
   "$WORK/Containerfile.generated" > "$WORK/Containerfile"
 ls "$WORK"/context/models/*/*/model.safetensors >/dev/null || die "no model weights in the build context"
-log "podman build $IMAGE from $TAG (FROM $BASE)"
+# The previous image of this check and dangling layers go first: the image is ~7 GB (torch's CUDA libraries).
+podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+podman image prune -f >/dev/null 2>&1 || true
+log "podman build $IMAGE from $TAG (FROM $BASE); $(df -h --output=avail /var/lib/containers | tail -1 | tr -d ' ') free"
 BUILD_START=$(date +%s)
 podman build --network host -f "$WORK/Containerfile" -t "$IMAGE" "$WORK/context" >"$WORK/podman-build.log" 2>&1 \
   || { tail -40 "$WORK/podman-build.log" >&2; die "podman build failed (log: $WORK/podman-build.log)"; }
