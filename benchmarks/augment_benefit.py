@@ -14,7 +14,7 @@ images:
   real N + syn 1:r  the same subset plus r*N synthetic images per class (--ratios, default 1, 4)
   syn only M        M synthetic images per class and no real one: the Classification Accuracy Score
   real full         the whole real training set (6000 per class): the ceiling
-Synthetic images come from one npz job of `models.augment` (the engine of `ganforge augment` and the
+Synthetic images come from one npz job of `augment` (the engine of `ganforge augment` and the
 service's jobs), cached and resumable under --cache; every seed draws its own subset of that pool.
 Batches are drawn uniformly from the union, so at 1:r a fraction r/(1+r) of each batch is synthetic.
 """
@@ -73,8 +73,8 @@ def per_class_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 def synthetic_pool(checkpoint: str, per_class: int, cache: Path, seed: int, truncation: float | None,
                    device: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """(images uint8 (N, 28, 28), labels) of a cached `models.augment` npz job; resumes if interrupted."""
-    from models.augment import augment_checkpoint, checkpoint_job
+    """(images uint8 (N, 28, 28), labels) of a cached `augment` npz job; resumes if interrupted."""
+    from augment import augment_checkpoint, checkpoint_job
 
     job = checkpoint_job(checkpoint, per_class=per_class, seed=seed, truncation=truncation, format="npz")
     out = cache / f"pool-{job.checkpoint_sha256[:12]}-{per_class}-s{seed}-t{truncation}"

@@ -69,6 +69,7 @@ class Settings:
     job_pause_ms: int = 0  # GANFORGE_JOB_PAUSE_MS: sleep after every job batch (caps the jobs' share further)
     job_quiet_ms: int = 50  # GANFORGE_JOB_QUIET_MS: a job batch starts only this long after the last online
     #                         request ended (so back-to-back requests from one client are not held up)
+    job_retention_hours: int = 0  # GANFORGE_JOB_RETENTION_HOURS: finished jobs older than this are deleted (0: kept)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -105,6 +106,7 @@ class Settings:
             job_max_wait_ms=_int(env, "GANFORGE_JOB_MAX_WAIT_MS", cls.job_max_wait_ms, 0, 3_600_000),
             job_pause_ms=_int(env, "GANFORGE_JOB_PAUSE_MS", cls.job_pause_ms, 0, 60_000),
             job_quiet_ms=_int(env, "GANFORGE_JOB_QUIET_MS", cls.job_quiet_ms, 0, 60_000),
+            job_retention_hours=_int(env, "GANFORGE_JOB_RETENTION_HOURS", cls.job_retention_hours, 0, 1_000_000),
         )
 
     @property
@@ -116,7 +118,7 @@ class Settings:
         """The limits and batching settings clients may rely on (reported by /models)."""
         keep = ("max_n", "batching", "max_batch_size", "max_latency_ms", "threads", "workers", "timeout_s",
                 "max_upload_bytes", "max_pixels", "max_side", "max_uploads", "body_timeout_s", "max_json_bytes", "job_max_images", "job_max_active",
-                "job_batch_size", "job_chunk_size", "job_quiet_ms")
+                "job_batch_size", "job_chunk_size", "job_quiet_ms", "job_retention_hours")
         return {name: getattr(self, name) for name in keep}
 
 

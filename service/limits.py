@@ -16,8 +16,9 @@ Requests, before BentoML parses anything:
   string there and download it, with no size limit, from the server.
 
 Answers: every error body of an API route is one JSON object {"error": str, "detail"?: [{type, loc, msg}]}
-(BentoML answers 404/409/429 with a one-element array and 503 with "An unexpected error has occurred"; both
-are rewritten here, 503 with a message that says the server is overloaded and a Retry-After header).
+(BentoML answers 404/409/429 with a one-element array and every 5xx with "An unexpected error has occurred";
+both are rewritten here: 503 says the server is overloaded and adds Retry-After, 504 names the timeout, 507
+says the jobs disk is full). `ranged_routes` (file downloads over POST) honour a single-range Range header.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class RequestLimits:
 
     def __init__(self, app: Any, max_bytes: int, max_upload_bytes: int, uploads: dict[str, str],
                  json_routes: Collection[str] = (), body_timeout_s: float = 10.0, max_uploads: int = 8,
-                 overload_hint: str = "", timeout_hint: str = "") -> None:
+                 overload_hint: str = "", timeout_hint: str = "", ranged_routes: Collection[str] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_upload_bytes = max_upload_bytes
@@ -75,6 +76,7 @@ class RequestLimits:
         self._upload_slots: asyncio.Semaphore | None = None
         self.overload_hint = overload_hint
         self.timeout_hint = timeout_hint
+        self.ranged_routes = frozenset(ranged_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,7 +154,10 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: wait for the disconnect like the real channel
 
-        await self.app(scope, replay, self._uniform_errors(send) if api else send)
+        reply = self._uniform_errors(send) if api else send
+        if path in self.ranged_routes and headers.get("range"):
+            reply = _ranged(reply, headers["range"])
+        await self.app(scope, replay, reply)
 
     def _uniform_errors(self, send: Send) -> Send:
         """`send` with error answers rewritten to one JSON object (see the module docstring)."""
@@ -192,12 +197,75 @@ class RequestLimits:
         if status == 503:
             return error_body("the server is overloaded: this request would wait longer than the latency budget "
                               f"for the model{self.overload_hint}; retry shortly"), [(b"retry-after", b"1")]
+        if status == 507:  # the only 507: a submit on a full jobs disk (BentoML blanks every 5xx message)
+            return error_body("the jobs folder has no space left; nothing was stored: retry once space is freed"), []
         if status == 504:
             return error_body(f"the request did not finish within the request timeout{self.timeout_hint}"), []
         if isinstance(data, dict) and isinstance(data.get("error"), str):
             return json.dumps(data).encode(), []
         text = body.decode("utf-8", "replace").strip() if not isinstance(data, (dict, list)) else ""
         return error_body(text or {404: "not found", 405: "method not allowed"}.get(status, f"HTTP {status}")), []
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | str | None:
+    """(first, last) byte of a single `bytes=` range, "unsatisfiable", or None (malformed or several ranges:
+    answered with the whole file, as RFC 9110 allows)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, sep, last = (part.strip() for part in spec.partition("-"))
+    if not sep or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
+            or (last and not last.isdigit()):
+        return None
+    if not first:  # the last N bytes
+        n = int(last)
+        return (max(0, size - n), size - 1) if n and size else "unsatisfiable"
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None
+    return (start, end) if start < size else "unsatisfiable"
+
+
+def _ranged(send: Send, header: str) -> Send:
+    """`send` that turns a 200 with a Content-Length into a 206 of one byte range, slicing the body as it
+    streams by (POST routes get no Range support from Starlette's FileResponse, which only ranges GET/HEAD)."""
+    state: dict[str, Any] = {}
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", [])]
+            length = next((v for k, v in headers if k.lower() == b"content-length"), None)
+            window = _byte_range(header, int(length)) if message["status"] == 200 and length else None
+            if window is None:
+                await send(message)
+                return
+            if window == "unsatisfiable":
+                state["drop"] = True
+                await _reply(send, 416, f"range {header!r} is outside the {int(length)}-byte file",
+                             headers=((b"content-range", f"bytes */{int(length)}".encode()),))
+                return
+            start, end = window
+            state.update(pos=0, start=start, end=end)
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers += [(b"content-length", str(end - start + 1).encode()),
+                        (b"content-range", f"bytes {start}-{end}/{int(length)}".encode())]
+            await send({**message, "status": 206, "headers": headers})
+            return
+        if message["type"] != "http.response.body" or not ("start" in state or "drop" in state):
+            await send(message)
+            return
+        if state.get("drop") or state.get("done"):
+            return
+        body = message.get("body", b"")
+        pos, start, end = state["pos"], state["start"], state["end"]
+        state["pos"] = pos + len(body)
+        piece = body[max(0, start - pos):max(0, end + 1 - pos)]
+        more = message.get("more_body", False) and state["pos"] <= end
+        state["done"] = not more
+        await send({"type": "http.response.body", "body": piece, "more_body": more})
+
+    return wrapped
 
 
 async def _file_field_problem(scope: Scope, body: bytes, file_field: str) -> str | None:

@@ -142,6 +142,9 @@ class AugmentRequest(_Strict):
     format: Literal["imagefolder", "npz"] = Field(
         "imagefolder", description="imagefolder: result is a zip of class folders of PNGs + manifest.csv; "
                                    "npz: the arrays of `ganforge sample` (images, labels, class_names, seeds)")
+    keep_files: Annotated[bool, Strict()] = Field(
+        False, description="keep the job's unpacked out/ folder on the server beside the result (default: "
+                           "removed once the result is published, it holds the same images)")
 
     @model_validator(mode="after")
     def _one_count(self) -> "AugmentRequest":
@@ -156,9 +159,20 @@ class JobRef(_Strict):
     job_id: JobId
 
 
+class JobPage(_Strict):
+    limit: Annotated[int, Strict(), Field(ge=1, le=1000)] = Field(100, description="jobs per page")
+    before: Optional[JobId] = Field(None, description="the `next` of the previous page: jobs older than it")
+
+
+class JobDeleted(BaseModel):
+    job_id: str
+    deleted: bool
+    state: str = Field(description="the state it had: done | failed | cancelled")
+
+
 class JobStatus(BaseModel):
     job_id: str
-    state: str = Field(description="queued | running | done | failed")
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
     done: int = Field(description="images safely on disk (whole chunks of GANFORGE_JOB_CHUNK_SIZE)")
     total: int
     progress: float = Field(description="done / total")
@@ -178,10 +192,12 @@ class JobStatus(BaseModel):
     note: Optional[str] = None
     result: Optional[str] = Field(None, description="file name of the result (POST /augment/result) once done")
     result_bytes: Optional[int] = None
+    keep_files: bool = Field(False, description="out/ is kept beside the result")
 
 
 class JobList(BaseModel):
-    jobs: list[JobStatus] = Field(description="newest first")
+    jobs: list[JobStatus] = Field(description="newest first (ids start with the submission time)")
+    next: Optional[str] = Field(None, description="pass as `before` for the next page; null on the last page")
 
 
 def field_error(field: str, value: Any, message: str, title: str = "request") -> ValidationError:

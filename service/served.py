@@ -20,12 +20,12 @@ import torch.nn as nn
 from backends import Selection, choose
 from backends.select import probe
 from models import load, sampling
-from models.checkpoint import file_hash
+from models.checkpoint import GENERATOR_KINDS, file_hash
 from models.sampling import generate, pick_device, to_uint8
 
 logger = logging.getLogger("ganforge.service")
 
-KINDS = ("conditional", "image-to-image")  # the checkpoint kinds the service serves (and `ganforge export` takes)
+KINDS = GENERATOR_KINDS  # the checkpoint kinds the service serves (and `ganforge export` takes)
 LOW_DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # GANFORGE_DTYPE -> autocast's
 
 

@@ -30,14 +30,15 @@ from PIL import Image
 from pydantic import Strict
 from starlette.concurrency import run_in_threadpool
 
-from models.augment import AugmentJob, resolve_counts
-from models.sampling import MAX_SEED, class_index, grid, image_shape
+from augment import AugmentJob, JobSpecError, resolve_counts
+from models.checkpoint import image_geometry
+from models.sampling import class_index, grid, image_shape
 
 from . import bentoml_internals, codec, uploads, watchdog
 from .gate import OnlineGate
 from .served import KINDS, Served, load_served, render, translate, verify
 from .config import SETTINGS, jobs_root
-from .jobs import JobManager, JobNotFound, JobNotReady, TooManyJobs
+from .jobs import JobConflict, JobManager, JobNotFound, JobNotReady, StorageFull, TooManyJobs
 from .limits import RequestLimits
 from .schemas import (
     AugmentRequest,
@@ -45,7 +46,9 @@ from .schemas import (
     GenerateImageRequest,
     GenerateRequest,
     GenerateResponse,
+    JobDeleted,
     JobList,
+    JobPage,
     JobRef,
     JobStatus,
     ModelInfo,
@@ -103,7 +106,8 @@ class Generator:
                         s.backend.name, s.backend.precision, s.backend.describe()["by_batch_size"])
         self.gate = OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way
         self.jobs = JobManager(jobs_root(SETTINGS), self.served, self.gate, max_active=SETTINGS.job_max_active,
-                               batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000)
+                               batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000,
+                               retention_s=SETTINGS.job_retention_hours * 3600)
         self.jobs.start()  # resumes the jobs an earlier run left unfinished
         # Python's cyclic GC stops every thread while it scans; a full collection over the start-up heap
         # (torch, BentoML, the models) stalled the event loop and the batcher for long enough to double the
@@ -124,10 +128,10 @@ class Generator:
     async def generate(self, request: GenerateRequest, /) -> GenerateResponse:
         """`n` images of one class as base64 PNGs, each with its seed (image i uses seed + i)."""
         served, label, seed, pngs = await self._generate(request, "png")
-        h, w = image_shape(served.meta)[:2]
+        channels, h, w = image_geometry(served.meta)
         return GenerateResponse(
             model=served.name, class_index=label, class_name=served.meta["class_names"][label],
-            truncation=request.truncation, width=w, height=h, channels=int(served.meta.get("img_channels", 1)),
+            truncation=request.truncation, width=w, height=h, channels=channels,
             images=[GeneratedImage(seed=seed + i, png=png) for i, png in enumerate(pngs)])
 
     @bentoml.api
@@ -242,20 +246,25 @@ class Generator:
             raise field_error(field, None, f"the job asks for {total} images; the limit is "
                                            f"{SETTINGS.job_max_images} per job (GANFORGE_JOB_MAX_IMAGES)")
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        if seed + total - 1 > MAX_SEED:
-            raise field_error("seed", seed, f"seed + {total} - 1 images must be <= {MAX_SEED}")
-        job = AugmentJob(checkpoint_sha256=served.store_metadata["sha256"], class_names=tuple(names),
-                         counts=tuple(counts), seed=seed, truncation=request.truncation, format=request.format,
-                         chunk_size=SETTINGS.job_chunk_size, batch_size=SETTINGS.job_batch_size, model=served.name)
+        try:  # the job spec is the one validator of its ranges (seed + index, truncation, format)
+            job = AugmentJob(checkpoint_sha256=served.store_metadata["sha256"], class_names=tuple(names),
+                             counts=tuple(counts), seed=seed, truncation=request.truncation, format=request.format,
+                             chunk_size=SETTINGS.job_chunk_size, batch_size=SETTINGS.job_batch_size,
+                             model=served.name)
+        except JobSpecError as e:
+            raise field_error(e.field, getattr(request, e.field, None), str(e)) from None
         try:
             status = await run_in_threadpool(self.jobs.submit, job, served.tag, request.model_dump())
         except TooManyJobs as e:
             raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.TOO_MANY_REQUESTS) from None
+        except StorageFull as e:
+            raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.INSUFFICIENT_STORAGE) from None
         return JobStatus(**status)
 
     @bentoml.api(route="/augment/status")
     async def augment_status(self, request: JobRef, /) -> JobStatus:
-        """State (queued | running | done | failed), progress, the reason of a failure; 404 for unknown ids."""
+        """State (queued | running | done | failed | cancelled), progress, the reason of a failure or pause;
+        404 for unknown ids."""
         return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.status, request.job_id))
 
     @bentoml.api(route="/augment/result")
@@ -264,10 +273,28 @@ class Generator:
         409 while it is not done (or failed, with the reason), 404 for unknown ids."""
         return await run_in_threadpool(self._job_call, self.jobs.result, request.job_id)
 
+    @bentoml.api(route="/augment/cancel")
+    async def augment_cancel(self, request: JobRef, /) -> JobStatus:
+        """Stop a queued or running job (a running one stops after its current batch, in whichever worker
+        runs it); 409 for a finished job. Its files stay until /augment/delete."""
+        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.cancel, request.job_id))
+
+    @bentoml.api(route="/augment/retry")
+    async def augment_retry(self, request: JobRef, /) -> JobStatus:
+        """Queue a failed or cancelled job again; it resumes from its last whole chunk. 409 otherwise."""
+        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.retry, request.job_id))
+
+    @bentoml.api(route="/augment/delete")
+    async def augment_delete(self, request: JobRef, /) -> JobDeleted:
+        """Remove a finished (done, failed or cancelled) job and its files; 409 for a queued or running one
+        (cancel it first)."""
+        return JobDeleted(**await run_in_threadpool(self._job_call, self.jobs.delete, request.job_id))
+
     @bentoml.api(route="/augment/list")
-    async def augment_list(self) -> JobList:
-        """Every job in the jobs folder, newest first."""
-        return JobList(jobs=[JobStatus(**s) for s in await run_in_threadpool(self.jobs.list)])
+    async def augment_list(self, request: JobPage = JobPage(), /) -> JobList:
+        """One page of jobs, newest first; pass the returned `next` as `before` for the next page."""
+        page, cursor = await run_in_threadpool(self.jobs.list, request.limit, request.before)
+        return JobList(jobs=[JobStatus(**s) for s in page], next=cursor)
 
     @staticmethod
     def _job_call(fn, job_id: str):
@@ -276,7 +303,7 @@ class Generator:
         except JobNotFound:
             raise bentoml.exceptions.NotFound(f"no augmentation job {job_id!r}; POST /augment/list lists them") \
                 from None
-        except JobNotReady as e:
+        except (JobNotReady, JobConflict) as e:
             raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.CONFLICT) from None
 
     # --- metadata ---------------------------------------------------------------------------------
@@ -308,4 +335,4 @@ Generator.add_asgi_middleware(
     uploads=UPLOADS, json_routes=[api.route for api in Generator.apis.values() if api.route not in UPLOADS],
     body_timeout_s=SETTINGS.body_timeout_s, max_uploads=SETTINGS.max_uploads,
     overload_hint=f" (GANFORGE_MAX_LATENCY_MS={SETTINGS.max_latency_ms})",
-    timeout_hint=f" (GANFORGE_TIMEOUT={SETTINGS.timeout_s} s)")
+    timeout_hint=f" (GANFORGE_TIMEOUT={SETTINGS.timeout_s} s)", ranged_routes=["/augment/result"])

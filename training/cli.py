@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 
@@ -31,10 +32,25 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                     args.truncation, args.device or "auto", args.backend)
 
 
+def parse_per_class(text: str) -> int | dict[str, int]:
+    """CLI value of --per-class: `500` or a JSON object `{"sneaker": 500, "bag": 200}`."""
+    text = text.strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"--per-class must be a number or a JSON object like '{{\"sneaker\": 500}}', "
+                         f"got {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--per-class must be a number or a JSON object, got {text!r}")
+    return value
+
+
 def _cmd_augment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from models.augment import augment_checkpoint, parse_per_class
+    from augment import augment_checkpoint
 
     per_class = parse_per_class(args.per_class) if args.per_class is not None else None
     with tqdm(desc="augment", unit="img") as bar:
@@ -99,6 +115,23 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(read_metadata(args.checkpoint), indent=2))
 
 
+# The model store belongs to the service: it registers its export under this entry point (pyproject.toml), so
+# `ganforge export` reaches it without `training` importing `service`.
+STORE_EXPORT = ("ganforge.export", "store")
+
+
+def _store_export():
+    """The serving side's `export(checkpoint, name, force) -> (tag, created)`, found by its entry point."""
+    from importlib.metadata import entry_points
+
+    group, name = STORE_EXPORT
+    found = entry_points(group=group, name=name)
+    if not found:
+        raise ValueError(f"no model-store export is installed (entry point {name!r} in group {group!r}); "
+                         f"install ganforge with `make install` or `pip install -e .`")
+    return next(iter(found)).load()
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     if args.format or args.out:  # a self-contained file for other runtimes (backends/export.py)
         if not (args.format and args.out) or args.name:
@@ -113,9 +146,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
         return
     if not args.name:
         raise ValueError("give --name NAME (the BentoML model store) or --format onnx|torchscript --out FILE")
-    from service.store import export
-
-    tag, created = export(args.checkpoint, args.name, force=args.force)
+    tag, created = _store_export()(args.checkpoint, args.name, force=args.force)
     print(f"exported {args.checkpoint} as {tag}" if created else f"{tag} already holds these weights")
 
 

@@ -101,3 +101,27 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
 def test_unregistered_module_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a registered architecture"):
         save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors", {})
+
+
+def test_the_metadata_builder_and_its_readers():
+    from models.checkpoint import (CONDITIONAL, IMAGE_TO_IMAGE, KINDS, NORMALIZATION, build_metadata, image_geometry,
+                                   model_resolution, normalization, require_kind, task_channels)
+
+    meta = build_metadata(IMAGE_TO_IMAGE, ("a", "b"), 32, 3, (28, 30), task={"source_channels": 1,
+                                                                              "target_channels": 3})
+    assert meta == {"kind": "image-to-image", "class_names": ["a", "b"], "img_resolution": 32, "img_channels": 3,
+                    "native_size": [28, 30], "normalization": {"mean": 0.5, "std": 0.5},
+                    "task": {"source_channels": 1, "target_channels": 3}}
+    assert json.loads(json.dumps(meta)) == meta  # plain JSON, as the safetensors header stores it
+    assert meta["normalization"] is not NORMALIZATION  # a copy: editing one checkpoint's metadata cannot leak
+    assert image_geometry(meta) == (3, 28, 30) and model_resolution(meta) == 32 and task_channels(meta) == (1, 3)
+    assert normalization(meta) == NORMALIZATION
+    # what a reader assumes for a hand-made checkpoint without geometry: 32 x 32, one channel, [-1, 1]
+    assert image_geometry({}) == (1, 32, 32) and normalization({}) == {"mean": 0.5, "std": 0.5}
+    assert task_channels({}) == (1, 1)
+    with pytest.raises(ValueError, match=r"unknown checkpoint kind 'gan'; allowed: \['conditional'"):
+        build_metadata("gan", [], 32, 1, (32, 32))
+    assert set(KINDS) == {"conditional", "image-to-image", "classifier"}
+    require_kind(meta, IMAGE_TO_IMAGE, "x")
+    with pytest.raises(ValueError, match="x is a 'image-to-image' checkpoint; augmentation needs a 'conditional' one"):
+        require_kind(meta, CONDITIONAL, "x", "augmentation")

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+import augment
 import models
-from models import augment
 from models.checkpoint import file_hash
 from service.testing import Server
 from tests.service.conftest import ROOT, decode
@@ -50,7 +50,7 @@ def wait_done(jobs, job_id: str, timeout: float = 120) -> None:
 
 
 def reference_tree(spec: dict, checkpoint: Path, folder: Path) -> dict[str, bytes]:
-    """What `models.augment` makes from the job's own spec and the checkpoint on disk (the CLI's path)."""
+    """What `augment` makes from the job's own spec and the checkpoint on disk (the CLI's path)."""
     job = augment.AugmentJob.from_dict(spec)
     augment.run(job, folder, augment.checkpoint_renderer(checkpoint, job.truncation, "cpu"))
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -108,11 +108,13 @@ def test_npz_job_and_list_over_http(server, checkpoints, tmp_path):
     got = np.load(io.BytesIO(r.content))
     assert np.bincount(got["labels"], minlength=10).tolist() == [2, 2] + [1] * 8
     assert got["seeds"].tolist() == list(range(3, 15)) and got["class_names"][7] == "Sneaker"
-    spec = json.loads((ROOT / "jobs-server" / job_id / "out" / augment.SPEC_NAME).read_text())
+    folder = ROOT / "jobs-server" / job_id
+    assert not (folder / "out").exists()  # removed once published (issue 16.15): the result holds the images
+    spec = json.loads((folder / "job.json").read_text())["job"]
     assert r.content == reference_tree(spec, checkpoints["tiny-cgan"], tmp_path / "ref")["images.npz"]
     jobs = server.http.post("/augment/list").json()["jobs"]
-    assert jobs[0]["job_id"] == job_id and all(j["state"] == "done" for j in jobs)
-    assert [j["created"] for j in jobs] == sorted((j["created"] for j in jobs), reverse=True)
+    assert jobs[0]["job_id"] == job_id and all(j["state"] in ("done", "cancelled", "failed") for j in jobs)
+    assert [j["job_id"] for j in jobs] == sorted((j["job_id"] for j in jobs), reverse=True)
 
 
 @pytest.mark.parametrize("body,message", [

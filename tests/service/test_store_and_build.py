@@ -1,4 +1,5 @@
-"""`ganforge export` into the BentoML model store, settings from the environment, and `bentoml build`."""
+"""`ganforge export` into the BentoML model store, settings from the environment, and `bentoml build`
+(which packs `service/`, `models/` and `augment/`, never `training/`)."""
 from __future__ import annotations
 
 import os
@@ -83,7 +84,9 @@ def test_bentoml_build_packs_service_models_requirements_and_dockerfile(store):
     root = bento.path
     files = {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
     assert {"src/service/service.py", "src/service/schemas.py", "src/models/sampling.py",
-            "src/models/checkpoint.py", "src/backends/select.py", "src/backends/export.py", "env/docker/Dockerfile", "env/python/requirements.txt",
+            "src/models/checkpoint.py", "src/augment/__init__.py", "src/augment/spec.py", "src/augment/writer.py",
+            "src/augment/render.py", "src/backends/select.py",
+            "src/backends/export.py", "env/docker/Dockerfile", "env/python/requirements.txt",
             "apis/openapi.yaml", "bento.yaml"} <= files
     assert not any(f.startswith(("src/training", "src/tests", "src/checkpoints", "src/runs", "src/benchmarks",
                                  "src/service/testing.py")) for f in files)

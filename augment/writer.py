@@ -1,9 +1,4 @@
-"""Augmentation jobs: labelled synthetic images in bulk, written to a folder in resumable chunks.
-
-The one engine behind `ganforge augment` and the service's /augment routes. A job is a frozen `AugmentJob`
-(weights sha256, images per class, seed, truncation, format, chunk and batch sizes). Image k of a job
-(classes in index order, `counts[c]` images each) is class `label(k)` drawn with seed `seed + k` through
-`models.sampling`, exactly like image k of `ganforge sample` or of a /generate request with that seed.
+"""The durable writer of an augmentation job: an output folder filled in resumable chunks.
 
 Output folder:
     ganforge-augment.json     the job spec, written first; a rerun must ask for the same job
@@ -15,29 +10,28 @@ Output folder:
     manifest.csv              written last, so its presence means the job is complete
 
 Every file is written to a temporary name and renamed, so a kill at any moment leaves only whole files plus
-temporary ones, which the next run deletes; a chunk's marker is written only after its images are on disk. Chunks are fixed slices of the
-index range and each is generated in fixed `batch_size` slices, so a rerun regenerates unfinished chunks
-bit-identically (on the same device) and the result equals an uninterrupted run. The folder is locked
-(flock) while a run writes it, so two runs cannot interleave.
+temporary ones, which the next run deletes; a chunk's marker is written only after its images are on disk.
+Chunks are fixed slices of the index range and each is generated in fixed `batch_size` slices, so a rerun
+regenerates unfinished chunks bit-identically (on the same device) and the result equals an uninterrupted
+run. The folder is locked (flock) while a run writes it, so two runs cannot interleave.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .checkpoint import atomic_write, file_hash, read_metadata
-from .sampling import MAX_SEED, class_index
+from models.checkpoint import atomic_write
+
+from .spec import MANIFEST_NAME, NPZ_NAME, SPEC_NAME, AugmentJob
 
 try:
     import fcntl
@@ -46,153 +40,11 @@ except ImportError:  # Windows: no advisory locks; concurrent runs on one folder
 
 _sync = getattr(os, "sync", lambda: None)  # Unix; elsewhere rename order is all we get
 
-SPEC_NAME = "ganforge-augment.json"
-MANIFEST_NAME = "manifest.csv"
-NPZ_NAME = "images.npz"
 WORK_DIR = ".chunks"
-FORMATS = ("imagefolder", "npz")
-SPEC_VERSION = 1
 MANIFEST_COLUMNS = ("file", "index", "class_index", "class_name", "seed", "model", "checkpoint_sha256")
 
 # labels (B,) int64, seeds (B,) int64 -> uint8 images (B, H, W) or (B, H, W, C) at native size
 Render = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def split_evenly(total: int, k: int) -> list[int]:
-    """`total` images over `k` classes: total // k each, the first total % k classes get one more."""
-    return [total // k + (1 if i < total % k else 0) for i in range(k)]
-
-
-def resolve_counts(class_names: Sequence[str], per_class: int | Mapping[str | int, int] | None = None,
-                   total: int | None = None, classes: Sequence[str | int] | None = None) -> list[int]:
-    """Images per class index from exactly one of `per_class` (a number for each of `classes`, default all,
-    or a {class: count} dict) and `total` (split evenly over `classes`). ValueError names the bad value."""
-    if (per_class is None) == (total is None):
-        raise ValueError("give exactly one of per_class (a number or a {class: count} dict) and total")
-    counts = [0] * len(class_names)
-    if isinstance(per_class, Mapping):
-        if classes:
-            raise ValueError("classes cannot be combined with a per_class dict (its keys are the classes)")
-        for key, n in per_class.items():
-            idx = class_index(class_names, key)
-            if counts[idx]:
-                raise ValueError(f"class {class_names[idx]!r} is given twice in per_class (as {key!r})")
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-                raise ValueError(f"per_class[{key!r}] must be an integer >= 0, got {n!r}")
-            counts[idx] = int(n)
-    else:
-        wanted = sorted({class_index(class_names, c) for c in classes}) if classes else range(len(class_names))
-        wanted = list(wanted)
-        if per_class is not None:
-            if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
-                raise ValueError(f"per_class must be an integer >= 1 or a {{class: count}} dict, got {per_class!r}")
-            split = [int(per_class)] * len(wanted)
-        else:
-            if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
-                raise ValueError(f"total must be an integer >= 1, got {total!r}")
-            split = split_evenly(int(total), len(wanted))
-        for idx, n in zip(wanted, split):
-            counts[idx] = n
-    if sum(counts) < 1:
-        raise ValueError(f"the job asks for no image: {dict(zip(class_names, counts))}")
-    return counts
-
-
-def parse_per_class(text: str) -> int | dict[str, int]:
-    """CLI value of --per-class: `500` or a JSON object `{"sneaker": 500, "bag": 200}`."""
-    text = text.strip()
-    if re.fullmatch(r"\d+", text):
-        return int(text)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError(f"--per-class must be a number or a JSON object like '{{\"sneaker\": 500}}', "
-                         f"got {text!r}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--per-class must be a number or a JSON object, got {text!r}")
-    return value
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentJob:
-    """What to generate. Everything but `model` (a display name for the manifest) is the job's identity."""
-
-    checkpoint_sha256: str  # the exact weights (models.checkpoint.file_hash)
-    class_names: tuple[str, ...]
-    counts: tuple[int, ...]  # images per class index
-    seed: int  # image k uses seed + k
-    truncation: float | None = None
-    format: str = "imagefolder"  # imagefolder | npz
-    chunk_size: int = 1024  # images per chunk: the unit of resume
-    batch_size: int = 256  # images per forward pass (fixed slices of a chunk, so reruns are bit-identical)
-    model: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "class_names", tuple(self.class_names))
-        object.__setattr__(self, "counts", tuple(int(n) for n in self.counts))
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {list(FORMATS)}, got {self.format!r}")
-        if len(self.counts) != len(self.class_names) or min(self.counts, default=-1) < 0 or self.total < 1:
-            raise ValueError(f"counts {list(self.counts)} do not fit classes {list(self.class_names)}")
-        if not 0 <= self.seed <= MAX_SEED - (self.total - 1):
-            raise ValueError(f"seed must be in 0..{MAX_SEED - (self.total - 1)} for {self.total} images "
-                             f"(seed + index <= {MAX_SEED}), got {self.seed}")
-        if self.truncation is not None and not self.truncation > 0:
-            raise ValueError(f"truncation must be > 0 (or None), got {self.truncation}")
-        if self.batch_size < 1 or self.chunk_size < 1:
-            raise ValueError(f"batch_size and chunk_size must be >= 1, got {self.batch_size} and {self.chunk_size}")
-        object.__setattr__(self, "batch_size", min(self.batch_size, self.chunk_size))  # a batch never spans chunks
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts)
-
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.total // self.chunk_size)
-
-    def chunk(self, i: int) -> tuple[int, int]:
-        """Index range [start, stop) of chunk i."""
-        return i * self.chunk_size, min((i + 1) * self.chunk_size, self.total)
-
-    def labels(self) -> np.ndarray:
-        """(total,) int64 class index of every image, class by class."""
-        return np.repeat(np.arange(len(self.counts), dtype=np.int64), self.counts)
-
-    def seeds(self) -> np.ndarray:
-        return self.seed + np.arange(self.total, dtype=np.int64)
-
-    def class_dir(self, c: int) -> str:
-        width = len(str(len(self.class_names) - 1))
-        return f"{c:0{width}d}_{_slug(self.class_names[c])}"
-
-    def file(self, k: int, label: int) -> str:
-        """Relative path of image k (imagefolder) or the npz file."""
-        if self.format == "npz":
-            return NPZ_NAME
-        return f"{self.class_dir(label)}/{k:0{max(6, len(str(self.total - 1)))}d}.png"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.update(class_names=list(self.class_names), counts=list(self.counts))
-        return {"spec_version": SPEC_VERSION, **d}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AugmentJob":
-        if d.get("spec_version") != SPEC_VERSION:
-            raise ValueError(f"augmentation spec version {d.get('spec_version')!r}; this ganforge reads {SPEC_VERSION}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in fields})
-
-    def identity(self) -> dict[str, Any]:
-        d = self.to_dict()
-        del d["model"]
-        return d
-
 
 
 class FolderBusy(ValueError):
@@ -401,51 +253,6 @@ def run(job: AugmentJob, out: str | os.PathLike, render: Render,
     return {**summary, "generated": generated}
 
 
-def checkpoint_job(checkpoint: str | os.PathLike, per_class: int | Mapping[str, int] | None = None,
-                   total: int | None = None, classes: Sequence[str | int] | None = None, seed: int = 0,
-                   truncation: float | None = None, format: str = "imagefolder", chunk_size: int = 1024,
-                   batch_size: int = 256) -> AugmentJob:
-    """The AugmentJob for a class-conditional checkpoint file or folder (reads its metadata and hash only)."""
-    meta = read_metadata(checkpoint)
-    if meta.get("kind") != "conditional":
-        raise ValueError(f"{checkpoint} is a {meta.get('kind')!r} checkpoint; augmentation needs a 'conditional' one")
-    counts = resolve_counts(meta["class_names"], per_class, total, classes)
-    path = Path(checkpoint)
-    name = path.stem if path.suffix == ".safetensors" else path.resolve().name
-    return AugmentJob(checkpoint_sha256=file_hash(checkpoint), class_names=tuple(meta["class_names"]),
-                      counts=tuple(counts), seed=seed, truncation=truncation, format=format,
-                      chunk_size=chunk_size, batch_size=batch_size, model=name)
-
-
-def checkpoint_renderer(checkpoint: str | os.PathLike, truncation: float | None, device: str = "auto",
-                        backend: Callable[[Any, dict, Any], Any] | None = None) -> Render:
-    """`render` for `run` from a checkpoint, loaded on first use (a finished job never loads it). `backend`:
-    `(module, meta, device) -> what runs its forward pass` (e.g. `backends.choose`); default the module."""
-    from .checkpoint import load
-    from .sampling import generate, pick_device, to_uint8
-
-    loaded: list = []
-
-    def render(labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-        if not loaded:
-            dev = pick_device(device)
-            module, meta = load(checkpoint, dev)
-            loaded.extend((backend(module, meta, dev) if backend else module, meta))
-        G, meta = loaded
-        return to_uint8(generate(G, labels.tolist(), seeds.tolist(), truncation), meta)
-
-    return render
-
-
-def augment_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, device: str = "auto",
-                       progress: Callable[[int, int], None] | None = None,
-                       backend: Callable[[Any, dict, Any], Any] | None = None, **job_args: Any) -> dict[str, Any]:
-    """`ganforge augment`: build the job from the checkpoint and `job_args` (see `checkpoint_job`), run it
-    (`backend`: see `checkpoint_renderer`)."""
-    job = checkpoint_job(checkpoint, **job_args)
-    return run(job, out, checkpoint_renderer(checkpoint, job.truncation, device, backend), progress)
-
-
 def zip_folder(folder: str | os.PathLike, path: str | os.PathLike, skip: Callable[[str], bool] = _is_temp) -> Path:
     """Zip a finished output folder (PNGs stored, not recompressed) atomically to `path`."""
     folder = Path(folder)
@@ -466,8 +273,3 @@ def read_manifest(out: str | os.PathLike) -> list[dict[str, str]]:
     """The manifest rows of a finished output folder."""
     with open(Path(out) / MANIFEST_NAME, newline="") as f:
         return list(csv.DictReader(f))
-
-
-__all__ = ["AugmentJob", "FORMATS", "FolderBusy", "MANIFEST_NAME", "NPZ_NAME", "SPEC_NAME", "augment_checkpoint",
-           "checkpoint_job", "checkpoint_renderer", "completed", "locked", "parse_per_class", "read_manifest",
-           "read_spec", "resolve_counts", "run", "split_evenly", "zip_folder"]

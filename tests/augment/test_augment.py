@@ -1,4 +1,4 @@
-"""`ganforge augment` and its engine `models.augment`: exact counts, determinism, the manifest, resume after a
+"""`ganforge augment` and its engine, the `augment` package: exact counts, determinism, the manifest, resume after a
 real kill -9, refusing a folder that holds something else. Tiny random-weight checkpoint, CPU."""
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+import augment
 import models
-from models import augment
-from models.checkpoint import file_hash
+from models.checkpoint import CONDITIONAL, build_metadata, file_hash
 from models.sampling import generate, to_uint8
 from tests.conftest import PROJECT_ROOT
 from training.cli import main
@@ -31,11 +31,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISAB
 # so the test can kill -9 it at a known point: in the middle of a chunk, with part of its files written.
 PAUSING_CLI = r"""
 import sys, time
-import models.augment as augment
+import augment.writer as writer
 from training.cli import main
 
 after, argv = int(sys.argv[1]), sys.argv[2:]
-real_run = augment.run
+real_run = writer.run
 
 def run(job, out, render, progress=None, between_batches=None):
     calls = [0]
@@ -46,7 +46,7 @@ def run(job, out, render, progress=None, between_batches=None):
             time.sleep(600)
     return real_run(job, out, render, progress, pause)
 
-augment.run = run
+writer.run = run
 sys.exit(main(argv))
 """
 
@@ -59,9 +59,7 @@ def save_tiny_cgan(path: Path, seed: int = 0) -> Path:
         g = ConditionalGenerator(ConditionalGeneratorConfig(num_classes=10, img_resolution=32, img_channels=1,
                                                             z_dim=32, base_channels=8, max_channel_mult=4,
                                                             embed_dim=16))
-    models.save(g.eval(), path, {"kind": "conditional", "class_names": FASHION, "native_size": [28, 28],
-                                 "normalization": {"mean": 0.5, "std": 0.5}, "img_resolution": 32,
-                                 "img_channels": 1})
+    models.save(g.eval(), path, build_metadata(CONDITIONAL, FASHION, 32, 1, [28, 28]))
     return path
 
 
@@ -154,6 +152,34 @@ def test_counts_total_and_classes():
                             ({"total": 0}, ">= 1")]:
         with pytest.raises(ValueError, match=message):
             augment.resolve_counts(FASHION, **kwargs)
+
+
+@pytest.mark.parametrize("change,field,message", [
+    ({"seed": -1}, "seed", "seed must be in 0..9223372036854775797 for 11 images"),
+    ({"seed": 2**63 - 10}, "seed", "(seed + index <= 9223372036854775807)"),
+    ({"truncation": 0.0}, "truncation", "truncation must be > 0"),
+    ({"format": "tar"}, "format", "format must be one of ['imagefolder', 'npz']"),
+    ({"counts": (1, 2)}, "counts", "do not fit classes"),
+    ({"chunk_size": 0}, "chunk_size", "must be >= 1"),
+])
+def test_the_job_spec_names_the_bad_field(change, field, message):
+    """The spec is the one validator of its ranges; the service answers 400 on `JobSpecError.field`."""
+    fields = {"checkpoint_sha256": "0" * 64, "class_names": FASHION, "counts": (2,) + (1,) * 9, "seed": 0,
+              **change}
+    with pytest.raises(augment.JobSpecError) as e:
+        augment.AugmentJob(**fields)
+    assert e.value.field == field and message in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_per_class_cli_values():
+    from training.cli import parse_per_class
+
+    assert parse_per_class(" 500 ") == 500
+    assert parse_per_class('{"sneaker": 5, "bag": 2}') == {"sneaker": 5, "bag": 2}
+    for text in ("five", "[1, 2]", "-3"):
+        with pytest.raises(ValueError, match="--per-class must be a number or a JSON object"):
+            parse_per_class(text)
 
 
 def test_same_job_same_bytes_and_seed_matters(ckpt, tmp_path):
