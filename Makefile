@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PORT   ?= 3000
+# `make serve` listens on this machine only; `make serve HOST=0.0.0.0` exposes it (docs/http-api.md)
+HOST   ?= 127.0.0.1
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ganforge-installed
 FMNIST := /usr/share/datasets/fashion-mnist
@@ -45,7 +47,7 @@ serve: $(STAMP)
 	  if [ -f checkpoints/$$m/model.safetensors ]; then $(VENV)/bin/ganforge export checkpoints/$$m --name $$m || exit 1; fi; \
 	done
 	BENTOML_DO_NOT_TRACK=True GANFORGE_MODELS=$(subst $(space),$(comma),$(strip $(SERVED))) \
-	  $(VENV)/bin/bentoml serve service.service:Generator --port $(PORT)
+	  $(VENV)/bin/bentoml serve service.service:Generator --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -200,6 +200,21 @@ class JobList(BaseModel):
     next: Optional[str] = Field(None, description="pass as `before` for the next page; null on the last page")
 
 
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")  # pydantic adds e.g. `url`
+
+    type: str
+    loc: list[Union[str, int]] = Field(description="the field: its name, then indices/keys inside it")
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of every route (4xx and 5xx)."""
+
+    error: str = Field(description="what went wrong, in a sentence")
+    detail: Optional[list[ErrorDetail]] = Field(None, description="per field, for validation errors (400)")
+
+
 def field_error(field: str, value: Any, message: str, title: str = "request") -> ValidationError:
     """A ValidationError on one request field; BentoML answers it like schema errors (HTTP 400, `detail`)."""
     error = PydanticCustomError("invalid_value", "{reason}", {"reason": message})  # braces in `message` stay literal

@@ -27,6 +27,7 @@ from typing import Annotated, Optional
 import bentoml
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from pydantic import Strict
 from starlette.concurrency import run_in_threadpool
 
@@ -40,6 +41,7 @@ from .served import KINDS, Served, load_served, render, translate, verify
 from .config import SETTINGS, jobs_root
 from .jobs import JobConflict, JobManager, JobNotFound, JobNotReady, StorageFull, TooManyJobs
 from .limits import RequestLimits
+from .openapi import PublishedDocument
 from .schemas import (
     AugmentRequest,
     GeneratedImage,
@@ -68,8 +70,10 @@ MODEL_REFS = {name: bentoml.models.BentoModel(f"{name}:latest") for name in SETT
 # Every process that imports the service checks the weights it will serve against their recorded sha256, so
 # `bentoml serve` itself exits non-zero with the message (model, both hashes) before it starts any worker,
 # instead of its workers failing and being restarted forever (issue 16.17/18).
+KINDS_SERVED = {}  # name -> kind, for the published document
 for _name, _ref in MODEL_REFS.items():
     verify(_name, _ref.stored)
+    KINDS_SERVED[_name] = _ref.stored.info.metadata.get("kind", "")
 
 
 def _declare_models(cls: type) -> type:
@@ -124,9 +128,10 @@ class Generator:
 
     # --- class-conditional generation -------------------------------------------------------------
 
-    @bentoml.api
-    async def generate(self, request: GenerateRequest, /) -> GenerateResponse:
+    @bentoml.api(input_spec=GenerateRequest)
+    async def generate(self, **fields) -> GenerateResponse:
         """`n` images of one class as base64 PNGs, each with its seed (image i uses seed + i)."""
+        request = GenerateRequest.model_construct(**fields)  # validated by BentoML against input_spec
         served, label, seed, pngs = await self._generate(request, "png")
         channels, h, w = image_geometry(served.meta)
         return GenerateResponse(
@@ -134,9 +139,11 @@ class Generator:
             truncation=request.truncation, width=w, height=h, channels=channels,
             images=[GeneratedImage(seed=seed + i, png=png) for i, png in enumerate(pngs)])
 
-    @bentoml.api
-    async def generate_image(self, request: GenerateImageRequest, /, ctx: bentoml.Context) -> Image.Image:
-        """One PNG: the image for n = 1, else a grid (row-major, `nrow` per row). Header X-Seed: first seed."""
+    @bentoml.api(input_spec=GenerateImageRequest)
+    async def generate_image(self, ctx: bentoml.Context, **fields) -> Image.Image:
+        """One PNG: the image for n = 1, else a grid (row-major, `nrow` per row). The first seed and the class
+        are in the headers X-Seed and X-Class and in the PNG's text chunks `seed` and `class`."""
+        request = GenerateImageRequest.model_construct(**fields)
         served, label, seed, pixels = await self._generate(request, "raw")
         nrow = request.nrow or math.ceil(math.sqrt(len(pixels)))
 
@@ -146,7 +153,14 @@ class Generator:
             picture = images[0] if len(images) == 1 else grid(images, nrow)
             if request.scale > 1:
                 picture = picture.repeat(request.scale, axis=0).repeat(request.scale, axis=1)
-            return Image.fromarray(picture)
+            out = Image.fromarray(picture)
+            # The seed and class travel in the PNG itself too (tEXt chunks), so BentoML's clients, which return
+            # the image without the response headers, still have them: Image.open(...).info["seed"].
+            text = PngInfo()
+            text.add_text("seed", str(seed))
+            text.add_text("class", served.meta["class_names"][label])
+            out.encoderinfo = {"pnginfo": text}  # Pillow applies it when BentoML saves the image
+            return out
 
         ctx.response.headers["X-Seed"] = str(seed)
         ctx.response.headers["X-Class"] = served.meta["class_names"][label]
@@ -230,10 +244,11 @@ class Generator:
 
     # --- augmentation jobs ------------------------------------------------------------------------
 
-    @bentoml.api(route="/augment/submit")
-    async def augment_submit(self, request: AugmentRequest, /) -> JobStatus:
+    @bentoml.api(route="/augment/submit", input_spec=AugmentRequest)
+    async def augment_submit(self, **fields) -> JobStatus:
         """Queue a job of labelled synthetic images; everything is checked here (400 naming the field,
         429 when GANFORGE_JOB_MAX_ACTIVE jobs are pending). Poll /augment/status, then fetch /augment/result."""
+        request = AugmentRequest.model_construct(**fields)
         served = self._pick(request.model, "conditional")
         names = served.meta["class_names"]
         field = "total" if request.total is not None else "per_class"
@@ -261,39 +276,39 @@ class Generator:
             raise bentoml.exceptions.BentoMLException(str(e), error_code=HTTPStatus.INSUFFICIENT_STORAGE) from None
         return JobStatus(**status)
 
-    @bentoml.api(route="/augment/status")
-    async def augment_status(self, request: JobRef, /) -> JobStatus:
+    @bentoml.api(route="/augment/status", input_spec=JobRef)
+    async def augment_status(self, job_id: str) -> JobStatus:
         """State (queued | running | done | failed | cancelled), progress, the reason of a failure or pause;
         404 for unknown ids."""
-        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.status, request.job_id))
+        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.status, job_id))
 
-    @bentoml.api(route="/augment/result")
-    async def augment_result(self, request: JobRef, /) -> Path:
+    @bentoml.api(route="/augment/result", input_spec=JobRef)
+    async def augment_result(self, job_id: str) -> Path:
         """The finished job's file: augment-<id>.zip (class folders + manifest.csv) or augment-<id>.npz;
         409 while it is not done (or failed, with the reason), 404 for unknown ids."""
-        return await run_in_threadpool(self._job_call, self.jobs.result, request.job_id)
+        return await run_in_threadpool(self._job_call, self.jobs.result, job_id)
 
-    @bentoml.api(route="/augment/cancel")
-    async def augment_cancel(self, request: JobRef, /) -> JobStatus:
+    @bentoml.api(route="/augment/cancel", input_spec=JobRef)
+    async def augment_cancel(self, job_id: str) -> JobStatus:
         """Stop a queued or running job (a running one stops after its current batch, in whichever worker
         runs it); 409 for a finished job. Its files stay until /augment/delete."""
-        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.cancel, request.job_id))
+        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.cancel, job_id))
 
-    @bentoml.api(route="/augment/retry")
-    async def augment_retry(self, request: JobRef, /) -> JobStatus:
+    @bentoml.api(route="/augment/retry", input_spec=JobRef)
+    async def augment_retry(self, job_id: str) -> JobStatus:
         """Queue a failed or cancelled job again; it resumes from its last whole chunk. 409 otherwise."""
-        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.retry, request.job_id))
+        return JobStatus(**await run_in_threadpool(self._job_call, self.jobs.retry, job_id))
 
-    @bentoml.api(route="/augment/delete")
-    async def augment_delete(self, request: JobRef, /) -> JobDeleted:
+    @bentoml.api(route="/augment/delete", input_spec=JobRef)
+    async def augment_delete(self, job_id: str) -> JobDeleted:
         """Remove a finished (done, failed or cancelled) job and its files; 409 for a queued or running one
         (cancel it first)."""
-        return JobDeleted(**await run_in_threadpool(self._job_call, self.jobs.delete, request.job_id))
+        return JobDeleted(**await run_in_threadpool(self._job_call, self.jobs.delete, job_id))
 
-    @bentoml.api(route="/augment/list")
-    async def augment_list(self, request: JobPage = JobPage(), /) -> JobList:
+    @bentoml.api(route="/augment/list", input_spec=JobPage)
+    async def augment_list(self, limit: int = 100, before: Optional[str] = None) -> JobList:
         """One page of jobs, newest first; pass the returned `next` as `before` for the next page."""
-        page, cursor = await run_in_threadpool(self.jobs.list, request.limit, request.before)
+        page, cursor = await run_in_threadpool(self.jobs.list, limit, before)
         return JobList(jobs=[JobStatus(**s) for s in page], next=cursor)
 
     @staticmethod
@@ -336,3 +351,4 @@ Generator.add_asgi_middleware(
     body_timeout_s=SETTINGS.body_timeout_s, max_uploads=SETTINGS.max_uploads,
     overload_hint=f" (GANFORGE_MAX_LATENCY_MS={SETTINGS.max_latency_ms})",
     timeout_hint=f" (GANFORGE_TIMEOUT={SETTINGS.timeout_s} s)", ranged_routes=["/augment/result"])
+Generator.add_asgi_middleware(PublishedDocument, kinds=KINDS_SERVED)  # /docs.json: the document of service/openapi.py

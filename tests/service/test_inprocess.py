@@ -37,12 +37,11 @@ def reference(checkpoint, label: int, seed: int, n: int) -> np.ndarray:
 # --- the class called directly (no server, no batching) ----------------------------------------------------
 
 def test_direct_call_is_the_cli_sampling_path(store, checkpoints):
-    from service.schemas import GenerateRequest
     from service.service import Generator
     from training.sample import sample_arrays
 
     svc = Generator()
-    out = asyncio.run(svc.generate(GenerateRequest(class_name="sneaker", n=4, seed=7)))
+    out = asyncio.run(svc.generate(class_name="sneaker", n=4, seed=7))  # keywords, as BentoML's clients call it
     got = np.stack([decode(base64.b64decode(im.png)) for im in out.images])
     cli, labels, seeds, _ = sample_arrays(str(checkpoints["tiny-cgan"]), 4, 7, ["sneaker"], device="cpu")
     assert (out.class_index, out.class_name, [im.seed for im in out.images]) == (7, "Sneaker", [7, 8, 9, 10])

@@ -111,3 +111,20 @@ def test_bentoml_build_packs_service_models_requirements_and_dockerfile(store):
     for name, stored in store.items():
         version = stored.split(":")[1]
         assert any(n.endswith(f"models/{name}/{version}/model.safetensors") for n in names), names
+
+
+def test_make_serve_binds_localhost_by_default():
+    """Issue 16: `make serve` bound 0.0.0.0 while the docs said localhost."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import PROJECT_ROOT
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    dry = subprocess.run(["make", "-n", "serve", "SERVED=tiny"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    command = next(line for line in dry.stdout.splitlines() if "bentoml serve" in line)
+    assert "--host 127.0.0.1 " in command
+    exposed = subprocess.run(["make", "-n", "serve", "SERVED=tiny", "HOST=0.0.0.0"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True).stdout
+    assert "--host 0.0.0.0 " in exposed
