@@ -38,9 +38,10 @@ def ask(c) -> dict:
             "translate": decode(rs[2].content), "models": {m["name"]: m for m in rs[3].json()["models"]}}
 
 
-# The other backends each in a child process of its own: BentoML registers its Prometheus metrics once per
-# process and binds its batcher to the first event loop, so neither a second app nor a second lifespan of the
-# session's in-process app (which serves with `torch`, see conftest.py) would work.
+# Each backend in a child process of its own: BentoML registers its Prometheus metrics once per process and
+# binds its batcher to the first event loop, so neither a second app nor a second lifespan of one would work;
+# and the session's in-process app is not used, because its metrics files would share the folder the session's
+# real server reads (its batch histogram then stops adding up, tests/service/test_http.py).
 CHILD = """
 import dataclasses, json, sys, tempfile, warnings
 warnings.simplefilter("ignore")
@@ -54,14 +55,14 @@ with TestClient(svc.Generator.to_asgi(), raise_server_exceptions=False) as c:
 
 
 @pytest.fixture(scope="module")
-def answers(client, tmp_path_factory):
+def answers(store, tmp_path_factory):
     def env(backend: str) -> dict[str, str]:  # its own metrics folder: the session's servers read theirs
         return {**os.environ, "GANFORGE_BACKEND": backend,
                 "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus"))}
 
     children = {b: subprocess.Popen([sys.executable, "-c", CHILD], cwd=PROJECT_ROOT, text=True, env=env(b),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for b in BACKENDS[1:]}
-    out = {"torch": ask(client)}
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for b in BACKENDS}
+    out = {}
     for backend, child in children.items():
         stdout, stderr = child.communicate(timeout=600)
         assert child.returncode == 0, stderr[-3000:]
@@ -81,7 +82,6 @@ def within_tolerance(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.mark.parametrize("backend", BACKENDS[1:])
 def test_answers_match_float32_eager_in_shape_and_within_tolerance(answers, backend):
     ref, got = answers["torch"], answers[backend]
-    assert ref["models"]["tiny-cgan"]["backend"]["name"] == "torch"  # the session's app is the reference
     strip = lambda body: {k: v for k, v in body.items() if k != "images"}  # noqa: E731
     assert strip(got["generate"]) == strip(ref["generate"])
     assert [i["seed"] for i in got["generate"]["images"]] == [21, 22, 23, 24, 25]
