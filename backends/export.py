@@ -109,6 +109,12 @@ def onnx_runner(model: bytes | str, providers: list[str] | None = None,
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ONNX Runtime's idle pool threads spin by default: they took the CPU from torch's threads and the event
+    # loop of the same process, and from other processes on a shared CPU (on 2 busy cores, torch eager right
+    # after an ONNX Runtime call ran ~4x slower with spinning on, RESULTS.md); a few microseconds of wake-up
+    # latency are the price of turning it off.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
