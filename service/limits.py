@@ -103,12 +103,11 @@ class RequestLimits:
         api = file_field is not None or path in self.json_routes
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         media = _media_type(headers)
-        if api and scope.get("method") == "POST":
-            wanted = "multipart/form-data" if file_field else "application/json"
-            if (media is not None or file_field) and media != wanted:
-                await _reply(send, 415, f"{path} takes Content-Type {wanted}, not {media or 'none'}"
-                             + (f" (e.g. curl -F {file_field}=@picture.png)" if file_field else ""))
-                return
+        wanted = "multipart/form-data" if file_field else "application/json"
+        if file_field and scope.get("method") == "POST" and media != wanted:
+            await _reply(send, 415, f"{path} takes Content-Type {wanted}, not {media or 'none'} "
+                                    f"(e.g. curl -F {file_field}=@picture.png)")
+            return
         limit = self.max_upload_bytes if file_field else self.max_bytes
         declared = headers.get("content-length")
         if declared is not None:
@@ -139,6 +138,10 @@ class RequestLimits:
                 break
         body = b"".join(chunks)
         del chunks
+        if api and not file_field and body and media is not None and media != wanted:  # an empty body carries
+            #                                                          nothing, whatever its declared type
+            await _reply(send, 415, f"{path} takes Content-Type {wanted}, not {media}")
+            return
         if file_field and body:
             problem = await _file_field_problem(scope, body, file_field)
             if problem:

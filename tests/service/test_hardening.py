@@ -214,7 +214,12 @@ def test_workers_die_with_their_server(server_env):
 
     from tests.service.conftest import ROOT, Server
 
-    s = Server(server_env, ROOT / "server-kill9.log")
+    import shutil
+
+    home = ROOT / "bentoml-kill9"  # its own home: a server starting on the shared one wipes its metrics
+    shutil.copytree(ROOT / "bentoml" / "models", home / "models", dirs_exist_ok=True)
+    s = Server({**server_env, "BENTOML_HOME": str(home), "GANFORGE_JOBS_DIR": str(ROOT / "jobs-kill9")},
+               ROOT / "server-kill9.log")
     workers = [p for p in psutil.Process(s.proc.pid).children(recursive=True)
                if "_bentoml_impl.worker" in " ".join(p.cmdline())]
     assert workers
@@ -228,3 +233,53 @@ def test_workers_die_with_their_server(server_env):
         probe.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", s.port))
     s.http.close()
+
+
+def test_uploads_in_flight_are_bounded():
+    """16.21: nothing bounded how many uploads (each ~12 MiB of body, parse and decode) were in flight; now at
+    most `max_uploads` are read and processed at once and the others wait, holding only their sockets."""
+    from service.limits import RequestLimits
+
+    active, peak = 0, 0
+    body = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n\r\n" + b"x" * 1000 + \
+        b"\r\n--b--\r\n"
+
+    async def app(scope, receive, send):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await receive()
+        await asyncio.sleep(0.01)
+        active -= 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limits = RequestLimits(app, 1 << 16, 1 << 20, {"/translate": "image"}, max_uploads=3)
+
+    async def one() -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/translate",
+                 "headers": [(b"content-type", b"multipart/form-data; boundary=b")]}
+        await limits(scope, receive, send)
+        return sent[0]["status"]
+
+    async def main():
+        return await asyncio.gather(*(one() for _ in range(40)))
+
+    assert asyncio.run(main()) == [200] * 40
+    assert peak == 3
+
+
+def test_an_empty_body_needs_no_content_type(server):
+    """Clients such as aiohttp send application/octet-stream with an empty POST; nothing there to refuse."""
+    r = server.http.post("/models", content=b"", headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    r = server.http.post("/augment/submit", content=b"", headers={"content-type": "text/plain"})
+    assert r.status_code == 400  # nothing submitted: the missing fields are named
