@@ -74,6 +74,6 @@ def test_damaged_weights_are_refused_naming_the_model_and_both_hashes(store, tmp
     fake = SimpleNamespace(path=str(copy_dir), tag=stored.tag, info=stored.info)
     recorded = stored.info.metadata["sha256"]
     with pytest.raises(ModelMismatch, match=f"'tiny-cgan'.*{recorded}") as e:
-        load_served("tiny-cgan", fake, "cpu", "float32")
+        load_served("tiny-cgan", fake, "cpu", "torch")
     assert models.checkpoint.file_hash(copy_dir) in str(e.value)
-    assert load_served("tiny-cgan", stored, "cpu", "float32").info()["sha256"] == recorded  # intact: served
+    assert load_served("tiny-cgan", stored, "cpu", "torch").info()["sha256"] == recorded  # intact: served
