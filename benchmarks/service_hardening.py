@@ -108,6 +108,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--uploads", type=int, default=200)
+    p.add_argument("--malloc-arena-max", type=int, default=0, help="glibc MALLOC_ARENA_MAX for the server (0: unset)")
     args = p.parse_args()
     from service.store import export
 
@@ -118,15 +119,21 @@ def main() -> None:
             export(ROOT / "checkpoints" / name, name)
         env = {"BENTOML_HOME": str(home / "bentoml"), "GANFORGE_MODELS": ",".join(MODELS),
                "GANFORGE_JOBS_DIR": str(home / "jobs"), "BENTOML_DO_NOT_TRACK": "True"}
-        out: dict = {"machine": f"{os.cpu_count()} CPUs (shared with other work)", "date": time.strftime("%Y-%m-%d")}
+        if args.malloc_arena_max:
+            env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
+        out: dict = {"malloc_arena_max": args.malloc_arena_max or "unset", "machine": f"{os.cpu_count()} CPUs (shared with other work)", "date": time.strftime("%Y-%m-%d")}
         with Server(env, home / "server.log") as server:
             out["rss_idle_mb"] = rss_mb(server)
             out["mixed"] = asyncio.run(mixed(server.url, args.requests, args.concurrency))
             out["rss_after_mixed_mb"] = rss_mb(server)
-            out["uploads"] = asyncio.run(uploads(server.url, args.uploads))
-            out["rss_peak_mb"] = [round(x, 1) for x in server.worker_peak_rss_mb()]
-            out["rss_after_uploads_mb"] = rss_mb(server)
-            out["tracebacks_in_log"] = server.tail(10**6).count("Traceback")
+            out["rss_peak_after_mixed_mb"] = [round(x, 1) for x in server.worker_peak_rss_mb()]
+            if args.uploads:
+                out["uploads"] = asyncio.run(uploads(server.url, args.uploads))
+                out["rss_peak_mb"] = [round(x, 1) for x in server.worker_peak_rss_mb()]
+                out["rss_after_uploads_mb"] = rss_mb(server)
+            log = server.tail(10**6)
+            out["tracebacks_in_log"] = log.count("Traceback")
+            out["log_lines"] = len(log.splitlines())
         print(json.dumps(out, indent=1))
 
 

@@ -98,7 +98,8 @@ def problems(app: Any, batchable: str) -> list[str]:
 
 # 3. BentoML logs every exception an API raises, client errors included, at ERROR with a traceback through
 #    `bentoml._internal.server.http_app.log_exception` (the logger of that module). A filter on that logger turns
-#    client errors (validation errors, 4xx BentoMLExceptions) into one INFO line; server faults keep theirs.
+#    client errors (validation errors, 4xx BentoMLExceptions) and load shedding (503) into one INFO line;
+#    server faults keep their traceback.
 EXCEPTION_LOGGER = "bentoml._internal.server.http_app"
 
 
@@ -108,7 +109,8 @@ def _client_error(exc: BaseException | None) -> bool:
 
     if isinstance(exc, ValidationError):
         return True
-    return isinstance(exc, BentoMLException) and int(exc.error_code) < 500
+    # 503 is load shedding (the batcher's latency budget), not a fault: one line each, like client errors
+    return isinstance(exc, BentoMLException) and (int(exc.error_code) < 500 or int(exc.error_code) == 503)
 
 
 class BriefClientErrors(logging.Filter):

@@ -117,8 +117,8 @@ class Settings:
     def public(self) -> dict:
         """The limits and batching settings clients may rely on (reported by /models)."""
         keep = ("max_n", "batching", "max_batch_size", "max_latency_ms", "threads", "workers", "timeout_s",
-                "max_upload_bytes", "max_pixels", "max_side", "max_uploads", "body_timeout_s", "max_json_bytes", "job_max_images", "job_max_active",
-                "job_batch_size", "job_chunk_size", "job_quiet_ms", "job_retention_hours")
+                "max_upload_bytes", "max_pixels", "max_side", "max_uploads", "body_timeout_s", "max_json_bytes",
+                "job_max_images", "job_max_active", "job_batch_size", "job_chunk_size", "job_quiet_ms", "job_retention_hours")
         return {name: getattr(self, name) for name in keep}
 
 

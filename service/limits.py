@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from typing import Any, Awaitable, Callable, Collection
 
 Scope = dict[str, Any]
@@ -143,10 +144,15 @@ class RequestLimits:
             await _reply(send, 415, f"{path} takes Content-Type {wanted}, not {media}")
             return
         if file_field and body:
-            problem = await _file_field_problem(scope, body, file_field)
+            problem, rebuilt = await _checked_form(scope, body, file_field)
             if problem:
                 await _reply(send, 400, problem, field=file_field, kind="file_required")
                 return
+            if rebuilt is not None:  # other fields sent as file parts (browsers, Swagger UI): now text fields
+                body, content_type = rebuilt
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"]
+                                              if k.lower() not in (b"content-type", b"content-length")]
+                         + [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]}
 
         sent = False
 
@@ -271,17 +277,19 @@ def _ranged(send: Send, header: str) -> Send:
     return wrapped
 
 
-async def _file_field_problem(scope: Scope, body: bytes, file_field: str) -> str | None:
-    """Why a multipart body's `file_field` is unacceptable (not a file part, several files), or None.
+async def _checked_form(scope: Scope, body: bytes, file_field: str) -> tuple[str | None, tuple[bytes, bytes] | None]:
+    """(why the multipart body's `file_field` is unacceptable or None, the body rebuilt or None).
 
-    Browsers (Swagger UI's "Try it out") send every form field as a part with a filename, so only the file
-    field must be a file; other fields may be either (BentoML reads their text)."""
+    `file_field` must be exactly one file part (not a string: BentoML would download a URL given there).
+    Browsers (Swagger UI's "Try it out") send every form field as a part with a filename, and Swagger UI the
+    optional ones it leaves empty as empty values; BentoML would see `model` / `derive` as files, or `model`
+    as an empty name, and refuse them. Such bodies are rebuilt: text fields, empty ones left out."""
     from starlette.datastructures import UploadFile
     from starlette.requests import Request
 
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
     if _media_type(headers) not in FORM_TYPES:
-        return None
+        return None, None
 
     async def receive() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -289,11 +297,28 @@ async def _file_field_problem(scope: Scope, body: bytes, file_field: str) -> str
     try:
         form = await Request(scope, receive).form(max_files=16, max_fields=16)
     except Exception as e:  # starlette's MultiPartException / HTTPException for malformed or oversized parts
-        return f"malformed multipart body: {getattr(e, 'detail', None) or e}"
+        return f"malformed multipart body: {getattr(e, 'detail', None) or e}", None
     try:
         values = form.getlist(file_field)
         if len(values) != 1 or not isinstance(values[0], UploadFile):
-            return f"'{file_field}' must be exactly one uploaded file (e.g. curl -F {file_field}=@picture.png)"
-        return None
+            return f"'{file_field}' must be exactly one uploaded file (e.g. curl -F {file_field}=@picture.png)", None
+        others = [(k, v) for k, v in form.multi_items() if k != file_field]
+        if not any(isinstance(v, UploadFile) or v == "" for _, v in others):
+            return None, None
+        boundary = "ganforge-" + secrets.token_hex(8)
+        parts = []
+        for name, value in others:
+            text = (await value.read()).decode("utf-8", "replace") if isinstance(value, UploadFile) else value
+            if text == "":  # an empty form field is a field not given (Swagger UI sends the empty optional ones)
+                continue
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{text}\r\n'.encode())
+        upload = values[0]
+        await upload.seek(0)
+        ctype = upload.content_type or "application/octet-stream"
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+                     f'filename="{upload.filename or "upload"}"\r\nContent-Type: {ctype}\r\n\r\n'.encode()
+                     + await upload.read() + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        return None, (b"".join(parts), f"multipart/form-data; boundary={boundary}".encode())
     finally:
         await form.close()

@@ -169,9 +169,32 @@ def document(kinds: dict[str, str] | None = None) -> dict[str, Any]:
                                  "operationId": "metrics", "responses": {"200": {"description": "OK", "content": {
                                      "text/plain": {"schema": {"type": "string"}}}}}}}
     return {"openapi": "3.1.0",
-            "info": {"title": TITLE, "version": _version(), "description": DESCRIPTION,
-                     "license": {"name": "see the repository"}},
+            "info": {"title": TITLE, "version": _version(), "description": DESCRIPTION},
             "paths": paths, "components": {"schemas": components}}
+
+
+SWAGGER_PAGE = """<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="UTF-8">
+    <title>{title} {version}: HTTP API</title>
+    <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css">
+    <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png">
+    <style>body {{ margin: 0; background: #fafafa; }} .topbar {{ display: none; }}</style>
+  </head>
+  <body>
+    <div id="swagger-ui"></div>
+    <script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
+    <script src="./static_content/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
+    <script>
+      window.onload = function () {{
+        window.ui = SwaggerUIBundle({{url: "./docs.json", dom_id: "#swagger-ui", deepLinking: true,
+          presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset], layout: "StandaloneLayout"}});
+      }};
+    </script>
+  </body>
+</html>
+"""  # BentoML's page hides the title (CSS), shows its own badges and names itself "BentoML Prediction Service"
 
 
 Scope = dict[str, Any]
@@ -179,7 +202,8 @@ ASGI = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 
 class PublishedDocument:
-    """ASGI middleware answering GET /docs.json with `document()` instead of BentoML's generated one."""
+    """ASGI middleware answering GET /docs.json with `document()` instead of BentoML's generated one, and GET /
+    with a Swagger UI page (BentoML's own static assets) titled with the project's name and version."""
 
     def __init__(self, app: ASGI, kinds: dict[str, str] | None = None) -> None:
         self.app = app
@@ -187,11 +211,16 @@ class PublishedDocument:
         self._body: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope.get("path") != DOC_PATH or scope.get("method") not in ("GET", "HEAD"):
+        path = scope.get("path")
+        if scope["type"] != "http" or path not in (DOC_PATH, "/") or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        if self._body is None:
-            self._body = json.dumps(document(self.kinds)).encode()
+        if path == "/":
+            body, media = SWAGGER_PAGE.format(title=TITLE, version=_version()).encode(), b"text/html; charset=utf-8"
+        else:
+            if self._body is None:
+                self._body = json.dumps(document(self.kinds)).encode()
+            body, media = self._body, b"application/json"
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode())]})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self._body})
+            (b"content-type", media), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

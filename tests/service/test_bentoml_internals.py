@@ -59,11 +59,17 @@ def test_client_errors_log_one_line_and_server_faults_keep_their_traceback(caplo
         with caplog.at_level(logging.INFO, logger=bentoml_internals.EXCEPTION_LOGGER):
             log.error("Exception on %s [%s]", "/augment/status", "POST", exc_info=True)
     try:
+        raise bentoml.exceptions.ServiceUnavailable("overloaded")
+    except bentoml.exceptions.ServiceUnavailable:
+        with caplog.at_level(logging.INFO, logger=bentoml_internals.EXCEPTION_LOGGER):
+            log.error("Exception on %s [%s]", "/generate", "POST", exc_info=True)
+    try:
         raise RuntimeError("a real fault")
     except RuntimeError:
         with caplog.at_level(logging.INFO, logger=bentoml_internals.EXCEPTION_LOGGER):
             log.error("Exception on %s [%s]", "/generate", "POST", exc_info=True)
-    brief, not_found, fault = caplog.records[-3:]
+    brief, not_found, shed, fault = caplog.records[-4:]
+    assert (shed.levelname, shed.exc_info) == ("INFO", None) and "overloaded" in shed.getMessage()
     assert (brief.levelname, brief.exc_info) == ("INFO", None) and "ValidationError" in brief.getMessage()
     assert (not_found.levelname, not_found.exc_info) == ("INFO", None) and "no job" in not_found.getMessage()
     assert fault.levelname == "ERROR" and fault.exc_info is not None

@@ -283,3 +283,28 @@ def test_an_empty_body_needs_no_content_type(server):
     assert r.status_code == 200, r.text
     r = server.http.post("/augment/submit", content=b"", headers={"content-type": "text/plain"})
     assert r.status_code == 400  # nothing submitted: the missing fields are named
+
+
+def test_translate_form_fields_sent_as_files_work(server):
+    """Swagger UI's "Try it out" sends every field as a part with a filename ("blob"); that answered 400
+    "Too many files". The file field must still be a file."""
+    src = np.where(np.random.default_rng(3).random((28, 28)) > 0.8, 0, 255).astype(np.uint8)
+    files = [("image", ("edges.png", png(src), "image/png")), ("model", ("blob", b"tiny-i2i", "text/plain")),
+             ("derive", ("blob", b"false", "text/plain"))]
+    r = server.http.post("/translate", files=files)
+    assert r.status_code == 200, r.text
+    empty = server.http.post("/translate", files={"image": ("edges.png", png(src), "image/png")},
+                             data={"model": "", "derive": "false"})  # Swagger UI's "send empty value"
+    assert empty.status_code == 200, empty.text
+    plain = server.http.post("/translate", files={"image": ("edges.png", png(src), "image/png")},
+                             data={"model": "tiny-i2i"})
+    assert r.content == plain.content
+    bad = server.http.post("/translate", files=[("image", ("edges.png", png(src))), ("model", ("blob", b"nope"))])
+    assert bad.status_code == 400 and "nope" in bad.text
+
+
+def test_workers_run_with_two_malloc_arenas(server):
+    """16.21's growth under load: half of it was glibc's per-thread arenas (RESULTS.md); the serve process sets
+    MALLOC_ARENA_MAX=2 before it starts the workers."""
+    workers = server.workers()
+    assert workers and all(p.environ().get("MALLOC_ARENA_MAX") == "2" for p in workers)

@@ -25,7 +25,8 @@ def conforms(doc: dict, path: str, response) -> None:
     declared = op["responses"].get(str(response.status_code))
     assert declared, f"{path} answered {response.status_code}, which it does not declare: {response.text[:300]}"
     media = response.headers["content-type"].split(";")[0].strip()
-    assert media in declared["content"], f"{path} {response.status_code} sent {media}; declared {list(declared['content'])}"
+    assert media in declared["content"], \
+        f"{path} {response.status_code} sent {media}; declared {list(declared['content'])}"
     schema = declared["content"][media]["schema"]
     if media == "application/json":
         validator = jsonschema_rs.validator_for({**schema, "components": doc["components"]})
@@ -129,3 +130,13 @@ def test_in_process_only_statuses_conform(client, monkeypatch):
     r = client.post("/augment/submit", json={"total": 3})
     assert r.status_code == 429
     conforms(doc, "/augment/submit", r)
+
+
+def test_every_api_route_is_published_and_nothing_else(store):
+    """The document's route table (service/openapi.py) and the service's APIs cannot drift apart."""
+    from service.openapi import document
+    from service.service import Generator
+
+    published = {p for p, ops in document()["paths"].items() if "post" in ops}
+    served = {api.route for api in Generator.apis.values() if not api.route.startswith("/internal/")}
+    assert published == served

@@ -1,5 +1,5 @@
 """The served model: its backend (chosen by `backends.choose`, tested in tests/backends/), what /models says
-about it, counters, and the settings that steer the choice."""
+about it, counters, its weights check, and the settings that steer the choice."""
 from __future__ import annotations
 
 import numpy as np
