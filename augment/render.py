@@ -6,10 +6,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from models.checkpoint import load
+from models.checkpoint import discriminator_path, load
 from models.sampling import generate, pick_device, to_uint8
 
-from . import writer
+from . import select, writer
 from .spec import checkpoint_job
 
 # (module, meta, device) -> what runs the module's forward pass (e.g. a `backends.choose` Selection); the
@@ -37,7 +37,14 @@ def checkpoint_renderer(checkpoint: str | os.PathLike, truncation: float | None,
 def augment_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, device: str = "auto",
                        progress: Callable[[int, int], None] | None = None, backend: BackendFactory | None = None,
                        **job_args: Any) -> dict[str, Any]:
-    """`ganforge augment`: build the job from the checkpoint and `job_args` (see `checkpoint_job`), run it
-    (`backend`: see `checkpoint_renderer`)."""
+    """`ganforge augment`: build the job from the checkpoint and `job_args` (see `checkpoint_job`; `select`
+    turns sample selection on), run it (`backend`: see `checkpoint_renderer`)."""
     job = checkpoint_job(checkpoint, **job_args)
-    return writer.run(job, out, checkpoint_renderer(checkpoint, job.truncation, device, backend), progress)
+    scorers = None
+    if job.selection is not None:
+        chosen = job_args["select"]
+        scorers = select.load_scorers(job.selection, chosen.get("classifier"),
+                                      chosen.get("discriminator") or discriminator_path(checkpoint),
+                                      pick_device(device))
+    return writer.run(job, out, checkpoint_renderer(checkpoint, job.truncation, device, backend), progress,
+                      scorers=scorers)

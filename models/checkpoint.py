@@ -24,12 +24,14 @@ from safetensors.torch import save_file
 FORMAT = "ganforge"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
+DISCRIMINATOR_NAME = "discriminator.safetensors"  # a run's D beside its exported G (never needed to serve G)
 
 # The metadata contract: what a checkpoint is, how its pixels map to the network's range, and its geometry.
 CONDITIONAL = "conditional"  # noise + class label -> image
 IMAGE_TO_IMAGE = "image-to-image"  # source image -> target image (pix2pix)
 CLASSIFIER = "classifier"  # image -> class logits (the domain classifier of the evaluation)
-KINDS = (CONDITIONAL, IMAGE_TO_IMAGE, CLASSIFIER)
+DISCRIMINATOR = "discriminator"  # (image, condition) -> realism logit: a run's D, exported beside its G on request
+KINDS = (CONDITIONAL, IMAGE_TO_IMAGE, CLASSIFIER, DISCRIMINATOR)
 GENERATOR_KINDS = (CONDITIONAL, IMAGE_TO_IMAGE)  # the kinds `models.sampling` draws from (and the service serves)
 NORMALIZATION = {"mean": 0.5, "std": 0.5}  # x = (u8 / 255 - mean) / std  ->  [-1, 1]
 # What a reader assumes for a field an older or hand-made checkpoint does not carry.
@@ -112,6 +114,15 @@ def weights_path(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return path
+
+
+def discriminator_path(checkpoint: str | os.PathLike) -> Path:
+    """Where a generator checkpoint's discriminator lives: `discriminator.safetensors` in its folder, or
+    `NAME.discriminator.safetensors` beside a `NAME.safetensors` file (it may not exist)."""
+    path = Path(checkpoint)
+    if path.suffix == ".safetensors":
+        return path.with_name(path.stem + "." + DISCRIMINATOR_NAME)
+    return path / DISCRIMINATOR_NAME
 
 
 def build(architecture: str, config: dict[str, Any]) -> nn.Module:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import image_geometry, normalization, task_channels
+from .checkpoint import image_geometry, model_resolution, normalization, task_channels
 
 MAX_SEED = 2**63 - 1
 
@@ -124,6 +124,19 @@ def from_uint8(images: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
     x = torch.from_numpy(np.array(images, dtype=np.uint8)).float() / 255  # a copy: inputs may be read-only
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return (x - norm["mean"]) / norm["std"]
+
+
+def to_network(images: np.ndarray, meta: dict[str, Any]) -> torch.Tensor:
+    """Inverse of `to_uint8`: uint8 images at the data's native size -> normalised (N, C, R, R) at the model's
+    resolution, centred on a black border (how 28x28 data is padded to 32 for training)."""
+    x = from_uint8(images, meta)
+    r = model_resolution(meta)
+    h, w = x.shape[-2:]
+    if h > r or w > r:
+        raise ValueError(f"images of {h}x{w} do not fit the model's {r}x{r}")
+    top, left = (r - h) // 2, (r - w) // 2
+    black = -normalization(meta)["mean"] / normalization(meta)["std"]
+    return torch.nn.functional.pad(x, (left, r - w - left, top, r - h - top), value=black)
 
 
 def grid(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:

@@ -55,6 +55,7 @@ from augment import AugmentJob
 from models.checkpoint import atomic_write
 
 from .gate import OnlineGate
+from .selection import job_scorers
 from .served import Served, render
 
 logger = logging.getLogger("ganforge.service")
@@ -272,7 +273,8 @@ class JobManager:
                           attempts=state.get("attempts", 0) + 1, note=None)
         try:
             augment.run(job, out, self._renderer(served, job.truncation),
-                        between_batches=lambda: self._between_batches(folder))
+                        between_batches=lambda: self._between_batches(folder),
+                        scorers=job_scorers(job.selection, served))
             result = self._publish(folder, job_id, job)
             self._set(folder, state, state="done", finished=_now(), finished_at=time.time(), result=result.name,
                       result_bytes=result.stat().st_size, error=None,

@@ -8,6 +8,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, ValidationError, Val
                       model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from augment.spec import MAX_DRAW_FACTOR
 from models.sampling import MAX_SEED
 
 from .config import SETTINGS
@@ -122,6 +123,19 @@ JobCount = Annotated[int, Strict(), Field(ge=1, le=SETTINGS.job_max_images)]
 JobId = Annotated[str, Strict(), Field(pattern=r"^\d{8}-\d{6}-[0-9a-f]{8}$", description="as returned by submit")]
 
 
+class SelectionRequest(_Strict):
+    """Sample selection of a job (augment/select.py): every filter given must pass; none given: no selection."""
+
+    min_confidence: Optional[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = Field(
+        None, description="keep an image only when `classifier` gives its class a probability >= this")
+    classifier: Optional[ModelName] = Field(None, description="domain classifier in the BentoML model store "
+                                                              "(ganforge export CLASSIFIER --name NAME)")
+    d_keep_fraction: Optional[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = Field(
+        None, description="keep each class's top fraction by the model's own discriminator (exported with it)")
+    max_draw_factor: Optional[Annotated[int, Strict(), Field(ge=1, le=MAX_DRAW_FACTOR)]] = Field(
+        None, description="candidates drawn per image asked, at most (default 20); fewer passing fails the job")
+
+
 class AugmentRequest(_Strict):
     """A batch of labelled synthetic images. Give `per_class` or `total`; image k of the job (classes in
     index order) uses seed + k, like `ganforge augment` and /generate."""
@@ -145,6 +159,8 @@ class AugmentRequest(_Strict):
     keep_files: Annotated[bool, Strict()] = Field(
         False, description="keep the job's unpacked out/ folder on the server beside the result (default: "
                            "removed once the result is published, it holds the same images)")
+    selection: Optional[SelectionRequest] = Field(
+        None, description="sample selection: keep only the candidates that pass these filters (off by default)")
 
     @model_validator(mode="after")
     def _one_count(self) -> "AugmentRequest":
@@ -215,8 +231,9 @@ class ErrorResponse(BaseModel):
     detail: Optional[list[ErrorDetail]] = Field(None, description="per field, for validation errors (400)")
 
 
-def field_error(field: str, value: Any, message: str, title: str = "request") -> ValidationError:
-    """A ValidationError on one request field; BentoML answers it like schema errors (HTTP 400, `detail`)."""
+def field_error(field: str | tuple[str, ...], value: Any, message: str, title: str = "request") -> ValidationError:
+    """A ValidationError on one request field (a tuple: a nested one); BentoML answers it like schema errors
+    (HTTP 400, `detail`)."""
     error = PydanticCustomError("invalid_value", "{reason}", {"reason": message})  # braces in `message` stay literal
-    detail = InitErrorDetails(type=error, loc=(field,), input=value)
+    detail = InitErrorDetails(type=error, loc=(field,) if isinstance(field, str) else tuple(field), input=value)
     return ValidationError.from_exception_data(title, [detail])

@@ -25,7 +25,7 @@ from models.sampling import generate, pick_device, to_uint8
 
 logger = logging.getLogger("ganforge.service")
 
-KINDS = GENERATOR_KINDS  # the checkpoint kinds the service serves (and `ganforge export` takes)
+KINDS = GENERATOR_KINDS  # the checkpoint kinds the service serves (`ganforge export` also stores classifiers)
 LOW_DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # GANFORGE_DTYPE -> autocast's
 
 

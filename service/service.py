@@ -43,6 +43,7 @@ from .config import SETTINGS, jobs_root
 from .jobs import JobConflict, JobManager, JobNotFound, JobNotReady, StorageFull, TooManyJobs
 from .limits import RequestLimits
 from .openapi import PublishedDocument
+from .selection import request_selection
 from .schemas import (
     AugmentRequest,
     GeneratedImage,
@@ -272,11 +273,12 @@ class Generator:
             raise field_error(field, None, f"the job asks for {total} images; the limit is "
                                            f"{SETTINGS.job_max_images} per job (GANFORGE_JOB_MAX_IMAGES)")
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        picked = await run_in_threadpool(request_selection, request, served)  # reads the model store
         try:  # the job spec is the one validator of its ranges (seed + index, truncation, format)
             job = AugmentJob(checkpoint_sha256=served.store_metadata["sha256"], class_names=tuple(names),
                              counts=tuple(counts), seed=seed, truncation=request.truncation, format=request.format,
                              chunk_size=SETTINGS.job_chunk_size, batch_size=SETTINGS.job_batch_size,
-                             model=served.name)
+                             model=served.name, selection=picked)
         except JobSpecError as e:
             raise field_error(e.field, getattr(request, e.field, None), str(e)) from None
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from models import load
-from models.checkpoint import WEIGHTS_NAME, file_hash, weights_path
+from models.checkpoint import CLASSIFIER, WEIGHTS_NAME, discriminator_path, file_hash, weights_path
 
 from .config import check_model_name
 from .served import KINDS
@@ -50,13 +50,17 @@ def export(checkpoint: str | os.PathLike, name: str, force: bool = False) -> tup
     module, meta = load(checkpoint, "cpu")  # the weights must rebuild, not just parse
     del module
     kind = meta.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"{checkpoint} is a {kind!r} checkpoint; the service serves {list(KINDS)}")
+    if kind not in (*KINDS, CLASSIFIER):  # a classifier is stored for augmentation jobs' selection
+        raise ValueError(f"{checkpoint} is a {kind!r} checkpoint; the store takes {[*KINDS, CLASSIFIER]}")
     digest = file_hash(checkpoint)
     latest = stored(name)
-    if latest is not None and latest.info.labels.get("sha256") == digest and not force:
+    stale_d = discriminator_path(checkpoint).is_file() and not (
+        latest is not None and discriminator_path(latest.path).is_file())  # a D exported after G: store it too
+    if latest is not None and latest.info.labels.get("sha256") == digest and not force and not stale_d:
         return str(latest.tag), False
     metadata = {**_plain(meta), "sha256": digest, "source": str(Path(checkpoint).resolve())}
     with bentoml.models.create(name, labels={"kind": kind, "sha256": digest}, metadata=metadata) as ref:
         shutil.copyfile(weights_path(checkpoint), Path(ref.path) / WEIGHTS_NAME)
+        if discriminator_path(checkpoint).is_file():  # optional: augmentation jobs' d_keep_fraction filter
+            shutil.copyfile(discriminator_path(checkpoint), discriminator_path(ref.path))
     return str(ref.tag), True

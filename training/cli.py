@@ -53,6 +53,11 @@ def _cmd_augment(args: argparse.Namespace) -> None:
     from augment import augment_checkpoint
 
     per_class = parse_per_class(args.per_class) if args.per_class is not None else None
+    chosen = {"classifier": args.classifier, "min_confidence": args.min_confidence,
+              "discriminator": args.discriminator, "d_keep_fraction": args.d_keep_fraction}
+    select = None
+    if any(v is not None for v in chosen.values()):  # sample selection is off unless a filter is asked for
+        select = {**chosen, "max_draw_factor": args.max_draw_factor, "d_calibration": args.d_calibration}
     with tqdm(desc="augment", unit="img") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -62,7 +67,7 @@ def _cmd_augment(args: argparse.Namespace) -> None:
                                     backend=_backend(args.backend, args.batch_size),
                                     per_class=per_class, total=args.total, classes=args.classes, seed=args.seed,
                                     truncation=args.truncation, format=args.format, chunk_size=args.chunk_size,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.batch_size, select=select)
     print(json.dumps(report))
 
 
@@ -150,6 +155,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {args.checkpoint} as {tag}" if created else f"{tag} already holds these weights")
 
 
+def _cmd_export_discriminator(args: argparse.Namespace) -> None:
+    from .discriminator import export_discriminator
+
+    print(f"exported {export_discriminator(args.workdir)}")
+
+
 def _cmd_lab_mog(args: argparse.Namespace) -> None:
     import torch
 
@@ -207,6 +218,18 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="output folder (holds one job; rerun to resume)")
     a.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk")
     a.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    sel = a.add_argument_group("sample selection (off unless a filter is given; docs/selection.md)")
+    sel.add_argument("--min-confidence", type=float, metavar="P",
+                     help="keep an image only if --classifier gives its class probability >= P (0 < P <= 1)")
+    sel.add_argument("--classifier", metavar="CKPT", help="domain classifier checkpoint with the generator's classes")
+    sel.add_argument("--d-keep-fraction", type=float, metavar="Q",
+                     help="keep only each class's top fraction Q of images by the run's discriminator logit")
+    sel.add_argument("--discriminator", metavar="FILE",
+                     help="the run's exported discriminator (default: discriminator.safetensors beside CHECKPOINT)")
+    sel.add_argument("--max-draw-factor", type=int, default=20, metavar="F",
+                     help="a class draws at most F candidates per image asked; fewer passing fails the job")
+    sel.add_argument("--d-calibration", type=int, default=1024, metavar="M",
+                     help="images per class (seeds 0..M-1) whose discriminator logits set that class's threshold")
     a.add_argument("--device")
     _add_backend(a)
     a.set_defaults(func=_cmd_augment)
@@ -251,6 +274,11 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="the exported file (with --format)")
     x.add_argument("--force", action="store_true", help="store a new version even if the weights are unchanged")
     x.set_defaults(func=_cmd_export)
+
+    xd = sub.add_parser("export-discriminator", help="write a finished run's discriminator (from its resume state) "
+                                                     "beside its export, for augment --d-keep-fraction")
+    xd.add_argument("workdir", help="the run's workdir (config.yaml, export.json, state.pt)")
+    xd.set_defaults(func=_cmd_export_discriminator)
 
     lab = sub.add_parser("lab", help="small experiments on training dynamics")
     lab_sub = lab.add_subparsers(dest="lab", required=True)

@@ -91,6 +91,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored elsewhere)
     workdir: str = "runs/run"  # logs, TensorBoard, sample grids, resume state
     export: str = "checkpoints/run"  # final checkpoint for serving (EMA generator)
+    # Also write the final D beside the export (discriminator.safetensors; for augment's --d-keep-fraction).
+    export_discriminator: bool = False
     log_every: int = 25
     sample_every: int = 500
     state_every: int = 500
@@ -121,6 +123,8 @@ class TrainConfig:
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers (beta1, beta2), got {list(self.betas)}")
         paired = self.data.paired is not None
+        if not isinstance(self.export_discriminator, bool):
+            raise ValueError(f"export_discriminator must be true or false, got {self.export_discriminator!r}")
         if paired and self.diffaugment:
             raise ValueError("diffaugment is not supported for image-to-image training (it would break pairs); "
                              f"got diffaugment={self.diffaugment!r} with data.paired={self.data.paired!r}")

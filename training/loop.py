@@ -24,6 +24,7 @@ from models.sampling import pick_device
 from .collapse import CollapseMonitor
 from .config import TrainConfig, write_config
 from .diffaugment import diff_augment
+from .discriminator import save_discriminator
 from .ema import ema_update
 from .losses import feature_matching, get_loss
 from .optim import grad_norm, lr_scale
@@ -198,6 +199,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         "stopped_early": stop_reason, "device": str(device)})
     export = Path(cfg.export)
     save(G_ema, export, meta)
+    if cfg.export_discriminator:
+        save_discriminator(D, export, meta)
     if export.suffix != ".safetensors":
         write_config(cfg, export / "config.yaml")
         task.save_grid(G_ema, meta, export / "grid.png")

@@ -2,6 +2,7 @@
 real kill -9, refusing a folder that holds something else. Tiny random-weight checkpoint, CPU."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -37,18 +38,39 @@ from training.cli import main
 after, argv = int(sys.argv[1]), sys.argv[2:]
 real_run = writer.run
 
-def run(job, out, render, progress=None, between_batches=None):
+def run(job, out, render, progress=None, between_batches=None, **kwargs):
     calls = [0]
     def pause():
         calls[0] += 1
         if calls[0] == after:
             print("PAUSED", flush=True)
             time.sleep(600)
-    return real_run(job, out, render, progress, pause)
+    return real_run(job, out, render, progress, pause, **kwargs)
 
 writer.run = run
 sys.exit(main(argv))
 """
+
+
+@contextlib.contextmanager
+def paused_augment(ckpt: Path, out: Path, args: list, log_path: Path, after: int = 5):
+    """`ganforge augment` in a subprocess, paused (PAUSED printed) after `after` batches for the block's body,
+    then killed with SIGKILL at the block's end."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-c", PAUSING_CLI, str(after), "augment", str(ckpt), "--out", str(out),
+                             *map(str, args)], cwd=PROJECT_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=log)
+    try:
+        line = proc.stdout.readline()  # EOF ('') if it died first
+        assert line.strip() == b"PAUSED", (line, log_path.read_text()[-2000:])
+        yield proc
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        log.close()
 
 
 def save_tiny_cgan(path: Path, seed: int = 0) -> Path:
@@ -231,27 +253,14 @@ def test_resume_after_kill_9_in_the_middle_of_a_chunk(ckpt, tmp_path, fmt, capsy
     reference = tmp_path / "reference"
     assert augment_cli(ckpt, reference, *args) == 0
     out = tmp_path / "killed"
-    log = open(tmp_path / "stderr.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", PAUSING_CLI, "5", "augment", str(ckpt), "--out", str(out),
-                             *map(str, args)], cwd=PROJECT_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=log)
-    try:
-        line = proc.stdout.readline()  # EOF ('') if it died first
-        assert line.strip() == b"PAUSED", (line, (tmp_path / "stderr.log").read_text()[-2000:])
+    work = out / ".chunks"
+    with paused_augment(ckpt, out, args, tmp_path / "stderr.log"):
         # 5 batches of 2 are done: chunks 0-1 complete, chunk 2 half written and not recorded
-        work = out / ".chunks"
         assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == \
             [f"chunk-00000{i}.{'npz' if fmt == 'npz' else 'done'}" for i in (0, 1)]
         if fmt == "imagefolder":
             assert len(list(out.rglob("*.png"))) == 10  # 8 recorded + 2 of the unfinished chunk
         assert not (out / "manifest.csv").exists()
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        log.close()
     # a write the kill cut short leaves a temporary file: the rerun must clean it up, not ship it
     (out / "0_T-shirt_top").mkdir(exist_ok=True)
     (out / "0_T-shirt_top" / ".000010.png.x1y2.tmp").write_bytes(b"\x89PNG trunc")

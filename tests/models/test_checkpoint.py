@@ -121,7 +121,7 @@ def test_the_metadata_builder_and_its_readers():
     assert task_channels({}) == (1, 1)
     with pytest.raises(ValueError, match=r"unknown checkpoint kind 'gan'; allowed: \['conditional'"):
         build_metadata("gan", [], 32, 1, (32, 32))
-    assert set(KINDS) == {"conditional", "image-to-image", "classifier"}
+    assert set(KINDS) == {"conditional", "image-to-image", "classifier", "discriminator"}
     require_kind(meta, IMAGE_TO_IMAGE, "x")
     with pytest.raises(ValueError, match="x is a 'image-to-image' checkpoint; augmentation needs a 'conditional' one"):
         require_kind(meta, CONDITIONAL, "x", "augmentation")

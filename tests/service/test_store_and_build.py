@@ -37,11 +37,19 @@ def test_export_refuses_what_cannot_be_served(tmp_path, capsys):
     from models.classifier import DomainClassifier, DomainClassifierConfig
     from training.cli import main
 
+    from models.conditional import ProjectionDiscriminator, ProjectionDiscriminatorConfig
+
     clf = tmp_path / "clf"
     models.save(DomainClassifier(DomainClassifierConfig(num_classes=3, img_resolution=16, width=4, feature_dim=8)),
                 clf, {"kind": "classifier", "class_names": ["a", "b", "c"]})
-    assert main(["export", str(clf), "--name", "clf"]) == 2
-    assert "'classifier' checkpoint" in capsys.readouterr().err
+    assert main(["export", str(clf), "--name", "clf"]) == 0  # stored (not served) for jobs' classifier filter
+    d = tmp_path / "d"  # a discriminator goes into the store only beside its generator
+    models.save(ProjectionDiscriminator(ProjectionDiscriminatorConfig(num_classes=3, img_resolution=16,
+                                                                      base_channels=4)),
+                d, {"kind": "discriminator", "class_names": ["a", "b", "c"]})
+    capsys.readouterr()
+    assert main(["export", str(d), "--name", "d"]) == 2
+    assert "'discriminator' checkpoint" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing"), "--name", "x"]) == 2
     assert main(["export", str(clf), "--name", "Bad Name"]) == 2
     assert "not a valid BentoML model name" in capsys.readouterr().err
