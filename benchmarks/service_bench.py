@@ -3,17 +3,21 @@
     .venv/bin/python -m benchmarks.service_bench [--checkpoint checkpoints/fashion_mnist_cgan] \
         [--results benchmarks/RESULTS.md] [--json out.json]
 
-Side by side, on this machine, in one run:
-  raw      `models.sampling.generate` + uint8 conversion in-process at batch 1, 16, 64
-  http     `bentoml serve` on 127.0.0.1 (a temporary BENTOML_HOME holding only the checkpoint), adaptive
-           batching on and off (GANFORGE_BATCHING), n = 1 at concurrency 1/16/64 and n = 16 at concurrency 4;
+Side by side, on this machine, in one run, for each inference backend of --backends (default: torch,
+torch-autocast, onnxruntime and auto; backends/):
+  raw      `models.sampling.generate` + uint8 conversion in-process at batch 1, 16, 64 through the backend
+           (`backends.choose`, as the service builds it), the backends alternated in ROUNDS rounds
+  http     `bentoml serve` on 127.0.0.1 (a temporary BENTOML_HOME holding only the checkpoint), one server per
+           backend (GANFORGE_BACKEND) with adaptive batching on, and for --off-backend (default auto) also
+           batching off (GANFORGE_BATCHING), n = 1 at concurrency 1/16/64 and n = 16 at concurrency 4;
            with --compare-http-stack also batching on with uvicorn's pure-Python fallbacks (asyncio loop, h11
            parser: uvloop and httptools hidden from the server), to measure what the two C extensions buy;
            with --compare-gc also batching on with Python's default garbage collector (the service's
            `gc.freeze()` and thresholds made no-ops by a `sitecustomize` on the server's PYTHONPATH); with
            --compare-layout also the raw rows with the weights in the contiguous (NCHW) layout instead of
            the channels-last one `models.load` gives on the CPU
-Reports images/s, p50/p99 request latency and peak RSS per server worker, and checks issue 4's targets.
+Reports images/s, p50/p99 request latency and peak RSS per server worker, and checks issue 19's targets
+(and issue 4's, on the --off-backend servers).
 Loopback only; every pattern is bounded by a request count and a time cap.
 """
 from __future__ import annotations
@@ -36,6 +40,8 @@ from service.testing import Server  # the same `bentoml serve` harness as the te
 ROOT = Path(__file__).resolve().parents[1]
 PATTERNS = [(1, 1), (1, 16), (1, 64), (16, 4)]  # (images per request, concurrent clients)
 RAW_BATCHES = (1, 16, 64)
+BACKENDS = ("torch", "torch-autocast", "onnxruntime", "auto")
+ROUNDS = 3  # raw: each (batch, backend) is timed in ROUNDS slices, the backends alternating
 MARK_START, MARK_END = "<!-- service_bench:start -->", "<!-- service_bench:end -->"
 
 
@@ -43,29 +49,41 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def raw_throughput(checkpoint: str, batch: int, seconds: float, max_iters: int, layout: str = "channels-last") -> dict:
-    """In-process generate + to_uint8 at a fixed batch size (the service's ceiling, without PNG or HTTP)."""
+def raw_rows(checkpoint: str, backends: tuple[str, ...], seconds: float, layouts: tuple[str, ...]) -> list[dict]:
+    """In-process generate + to_uint8 at each RAW_BATCHES size through each backend (the service's ceiling,
+    without PNG or HTTP); `auto` is chosen once, timed at RAW_BATCHES, as a server would."""
     import torch
 
     import models
+    from backends import choose
     from models.sampling import generate, to_uint8
 
-    G, meta = models.load(checkpoint, "cpu")  # channels-last, as the service loads it
-    if layout == "NCHW":
-        G = G.to(memory_format=torch.contiguous_format)
-    labels = [i % G.num_classes for i in range(batch)]
-    for _ in range(3):  # warm-up
-        to_uint8(generate(G, labels, list(range(batch))), meta)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_iters and time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        to_uint8(generate(G, labels, list(range(len(times) * batch, (len(times) + 1) * batch))), meta)
-        times.append(time.perf_counter() - t)
-    total = sum(times)
-    return {"batch": batch, "iters": len(times), "images_per_s": batch * len(times) / total,
-            "p50_ms": 1000 * percentile(times, 50), "p99_ms": 1000 * percentile(times, 99),
-            "torch_threads": torch.get_num_threads(), "layout": layout}
+    rows = []
+    for layout in layouts:
+        G, meta = models.load(checkpoint, "cpu")  # channels-last, as the service loads it
+        if layout == "NCHW":
+            G = G.to(memory_format=torch.contiguous_format)
+        runners = {b: choose(G, meta, "cpu", b, RAW_BATCHES) for b in backends}
+        for batch in RAW_BATCHES:
+            labels = [i % G.num_classes for i in range(batch)]
+            times: dict[str, list[float]] = {b: [] for b in backends}
+            for b, runner in runners.items():
+                for _ in range(3):  # warm-up
+                    to_uint8(generate(runner, labels, list(range(batch))), meta)
+            for _ in range(ROUNDS):
+                for b, runner in runners.items():
+                    start = time.perf_counter()
+                    while len(times[b]) < (2000 // batch + 20) and time.perf_counter() - start < seconds / ROUNDS:
+                        t = time.perf_counter()
+                        to_uint8(generate(runner, labels, list(range(batch))), meta)
+                        times[b].append(time.perf_counter() - t)
+            for b, ts in times.items():
+                rows.append({"backend": b, "ran": runners[b].for_batch(batch).name, "batch": batch, "iters": len(ts),
+                             "images_per_s": batch * len(ts) / sum(ts), "p50_ms": 1000 * percentile(ts, 50),
+                             "p99_ms": 1000 * percentile(ts, 99), "torch_threads": torch.get_num_threads(),
+                             "layout": layout})
+                print("raw", rows[-1], flush=True)
+    return rows
 
 
 async def load(url: str, n: int, concurrency: int, requests: int, seconds: float, model: str) -> dict:
@@ -128,36 +146,62 @@ def batch_stats(url: str) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"### Service benchmark ({result['when']}, {result['machine']})", "",
              f"Checkpoint `{result['checkpoint']}`; server: 1 worker, GANFORGE_THREADS={result['threads']}, "
-             f"max_batch_size {result['max_batch_size']}.", "",
+             f"max_batch_size {result['max_batch_size']}; load average (1/5/15 min) before "
+             f"{'/'.join(f'{x:.1f}' for x in result['load_before'])}, after "
+             f"{'/'.join(f'{x:.1f}' for x in result['load_after'])} (2 cores shared with other work).", "",
              "| path | batch / n x concurrency | images/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
-    for r in result["raw"]:
+    for r in sorted(result["raw"], key=lambda r: (r.get("layout", ""), r["batch"])):
         layout = "" if r.get("layout", "channels-last") == "channels-last" else f" ({r['layout']} layout)"
-        lines.append(f"| raw in-process{layout} | batch {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | |")
+        ran = f" (ran {r['ran']})" if r["backend"] == "auto" else ""
+        lines.append(f"| raw in-process{layout}, {r['backend']}{ran} | batch {r['batch']} | {r['images_per_s']:.0f} | "
+                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | |")
     for mode in result["http"]:
         for r in result["http"][mode]["patterns"]:
-            lines.append(f"| HTTP, batching {mode} | n={r['n']} x {r['concurrency']} | {r['images_per_s']:.0f} | "
+            lines.append(f"| HTTP, {mode} | n={r['n']} x {r['concurrency']} | {r['images_per_s']:.0f} | "
                          f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] or ''} |")
     lines.append("")
     for mode, h in result["http"].items():
-        lines.append(f"- batching {mode}: {h['http_stack']}; peak RSS per worker "
-                     f"{', '.join(f'{m:.0f} MB' for m in h['rss_mb'])}; batcher, over all patterns: {h['batching']}")
-    lines += ["", "Targets (issue 4):"] + [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in result["targets"]]
+        lines.append(f"- {mode}: {h['http_stack']}; peak RSS per worker "
+                     f"{', '.join(f'{m:.0f} MB' for m in h['rss_mb'])}; batcher, over all patterns: {h['batching']}; "
+                     f"backend by batch size: {h.get('backend')}")
+    for title, checks in result["targets"].items():
+        lines += ["", f"Targets ({title}):"] + [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
     return "\n".join(lines) + "\n"
 
 
-def targets(result: dict) -> list[tuple[str, bool]]:
-    raw_best = max(r["images_per_s"] for r in result["raw"] if r.get("layout", "channels-last") == "channels-last")
-    on = {(r["n"], r["concurrency"]): r for r in result["http"]["on"]["patterns"]}
-    off = {(r["n"], r["concurrency"]): r for r in result["http"]["off"]["patterns"]}
-    n16 = on[(16, 4)]["images_per_s"] / raw_best
-    speedup = on[(1, 64)]["images_per_s"] / max(off[(1, 64)]["images_per_s"], 1e-9)
-    p99 = on[(1, 64)]["p99_ms"]
+def targets(result: dict, off_backend: str) -> dict[str, list[tuple[str, bool]]]:
+    """Issue 19's targets (the auto backend) and, where the batching-off server ran, issue 4's."""
+    raw = {(r["backend"], r["batch"]): r["images_per_s"] for r in result["raw"]
+           if r.get("layout", "channels-last") == "channels-last"}
     rss = max([m for h in result["http"].values() for m in h["rss_mb"]] or [float("nan")])
-    return [(f"n=16 x 4 reaches {100 * n16:.0f}% of the best raw throughput (>= 70%)", n16 >= 0.7),
+    out: dict[str, list[tuple[str, bool]]] = {}
+    if ("auto", 1) in raw and ("torch", 1) in raw and "auto" in result["http"]:
+        on = {(r["n"], r["concurrency"]): r for r in result["http"]["auto"]["patterns"]}
+        best = max(v for (b, _), v in raw.items() if b == "auto")
+        s1, s64 = raw[("auto", 1)] / raw[("torch", 1)], raw[("auto", 64)] / raw[("torch", 64)]
+        n16 = on[(16, 4)]["images_per_s"] / best
+        out["issue 19, auto backend"] = [
+            (f"raw auto is {s1:.2f}x torch float32 eager at batch 1 (>= 3x)", s1 >= 3),
+            (f"raw auto is {s64:.2f}x torch float32 eager at batch 64 (>= 2x)", s64 >= 2),
+            (f"HTTP n=1 x 1 p50 {on[(1, 1)]['p50_ms']:.1f} ms (<= 6 ms)", on[(1, 1)]["p50_ms"] <= 6),
+            (f"HTTP n=1 x 64 {on[(1, 64)]['images_per_s']:.0f} images/s (>= 900) with p99 "
+             f"{on[(1, 64)]['p99_ms']:.0f} ms (<= 150 ms)",
+             on[(1, 64)]["images_per_s"] >= 900 and on[(1, 64)]["p99_ms"] <= 150),
+            (f"HTTP n=16 x 4 reaches {100 * n16:.0f}% of auto's best raw throughput (>= 85%)", n16 >= 0.85),
+            (f"peak RSS per worker {rss:.0f} MB (<= 1024 MB)", rss <= 1024)]
+    if off_backend in result["http"] and f"{off_backend}, batching off" in result["http"]:
+        on = {(r["n"], r["concurrency"]): r for r in result["http"][off_backend]["patterns"]}
+        off = {(r["n"], r["concurrency"]): r for r in result["http"][f"{off_backend}, batching off"]["patterns"]}
+        best = max(v for (b, _), v in raw.items() if b == off_backend)
+        n16 = on[(16, 4)]["images_per_s"] / best
+        speedup = on[(1, 64)]["images_per_s"] / max(off[(1, 64)]["images_per_s"], 1e-9)
+        out[f"issue 4, {off_backend} backend"] = [
+            (f"n=16 x 4 reaches {100 * n16:.0f}% of the best raw throughput (>= 70%)", n16 >= 0.7),
             (f"n=1 x 64 with batching is {speedup:.1f}x without (>= 3x)", speedup >= 3),
-            (f"p99 at concurrency 64 with batching is {p99:.0f} ms (< 250 ms)", p99 < 250),
+            (f"p99 at concurrency 64 with batching is {on[(1, 64)]['p99_ms']:.0f} ms (< 250 ms)",
+             on[(1, 64)]["p99_ms"] < 250),
             (f"peak RSS per worker {rss:.0f} MB (<= 1536 MB)", rss <= 1536)]
+    return out
 
 
 def main() -> None:
@@ -176,6 +220,8 @@ def main() -> None:
                    help="also serve with batching on and Python's default garbage collector settings")
     p.add_argument("--compare-layout", action="store_true",
                    help="also measure raw throughput with the weights in the contiguous (NCHW) layout")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated GANFORGE_BACKEND values")
+    p.add_argument("--off-backend", default="auto", help="the backend also served with batching off ('' = none)")
     args = p.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="ganforge-bench-"))
@@ -186,20 +232,21 @@ def main() -> None:
         export(args.checkpoint, args.name)
         result: dict = {"checkpoint": args.checkpoint, "when": time.strftime("%Y-%m-%d %H:%M"),
                         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "threads": args.threads,
-                        "max_batch_size": args.max_batch_size, "raw": [], "http": {}}
-        for batch in RAW_BATCHES:
-            for layout in ("channels-last", "NCHW") if args.compare_layout else ("channels-last",):
-                result["raw"].append(raw_throughput(args.checkpoint, batch, args.seconds,
-                                                    max_iters=2000 // batch + 20, layout=layout))
-                print("raw", result["raw"][-1], flush=True)
-        modes = {"on": ("on", {}), "off": ("off", {})}  # label -> (GANFORGE_BATCHING, extra environment)
+                        "max_batch_size": args.max_batch_size, "load_before": os.getloadavg(), "raw": [], "http": {}}
+        backends = tuple(b for b in args.backends.split(",") if b)
+        layouts = ("channels-last", "NCHW") if args.compare_layout else ("channels-last",)
+        result["raw"] = raw_rows(args.checkpoint, backends, args.seconds, layouts)
+        # label -> (GANFORGE_BATCHING, extra environment)
+        modes = {b: ("on", {"GANFORGE_BACKEND": b}) for b in backends}
+        if args.off_backend:
+            modes[f"{args.off_backend}, batching off"] = ("off", {"GANFORGE_BACKEND": args.off_backend})
         if args.compare_http_stack:
             hidden = home / "hide-fast-http"
             hidden.mkdir()
             for module in ("uvloop", "httptools"):  # uvicorn falls back to asyncio and h11 on ImportError
                 (hidden / f"{module}.py").write_text("raise ImportError('hidden by service_bench.py')\n")
             path = os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))
-            modes["on (asyncio + h11)"] = ("on", {"PYTHONPATH": path})
+            modes["auto (asyncio + h11)"] = ("on", {"PYTHONPATH": path})
         if args.compare_gc:
             default_gc = home / "default-gc"
             default_gc.mkdir()
@@ -207,7 +254,7 @@ def main() -> None:
                 "import gc  # service_bench.py: keep Python's default GC (the service's tuning is a no-op)\n"
                 "gc.freeze = lambda: None\ngc.set_threshold = lambda *a: None\n")
             path = os.pathsep.join(filter(None, [str(default_gc), os.environ.get("PYTHONPATH")]))
-            modes["on (default GC)"] = ("on", {"PYTHONPATH": path})
+            modes["auto (default GC)"] = ("on", {"PYTHONPATH": path})
         for i, (mode, (batching, extra)) in enumerate(modes.items()):
             env = {"GANFORGE_MODELS": args.name, "GANFORGE_BATCHING": batching,
                    "GANFORGE_THREADS": str(args.threads), "GANFORGE_MAX_BATCH_SIZE": str(args.max_batch_size),
@@ -219,11 +266,17 @@ def main() -> None:
                     patterns.append(asyncio.run(load(server.url, n, concurrency, args.requests, args.seconds,
                                                      args.name)))
                     print(f"http batching={mode}", patterns[-1], flush=True)
+                import httpx
+
+                served = httpx.post(f"{server.url}/models", json={}, timeout=30).json()["models"][0]
                 result["http"][mode] = {"patterns": patterns, "rss_mb": server.worker_peak_rss_mb(),
-                                        "batching": batch_stats(server.url), "http_stack": server.http_stack()}
+                                        "batching": batch_stats(server.url), "http_stack": server.http_stack(),
+                                        "backend": served["backend"]["by_batch_size"],
+                                        "precision_check": served["precision_check"]}
             finally:
                 server.close()
-        result["targets"] = targets(result)
+        result["load_after"] = os.getloadavg()
+        result["targets"] = targets(result, args.off_backend)
         text = markdown(result)
         print(text)
         if args.results:

@@ -78,6 +78,13 @@ def noise(seeds: Sequence[int], z_dim: int, truncation: float | None = None) -> 
     return out
 
 
+def placement(generator: Any) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype `generator` takes its inputs in: a module's parameters', else the host in float32 (an
+    inference backend from `backends/` stands in for the module and moves its inputs itself)."""
+    param = next(generator.parameters(), None) if isinstance(generator, nn.Module) else None
+    return (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+
+
 @torch.no_grad()
 def generate(
     generator: nn.Module,
@@ -85,11 +92,11 @@ def generate(
     seeds: Sequence[int],
     truncation: float | None = None,
 ) -> torch.Tensor:
-    """Images in [-1, 1], (B, C, R, R) float32 on CPU, for the given class indices and per-image seeds."""
-    device = next(generator.parameters()).device
+    """Images in [-1, 1], (B, C, R, R) float32 on CPU, for the given class indices and per-image seeds.
+    `generator`: the module, or a backend standing in for its forward pass."""
+    device, dtype = placement(generator)
     z = noise(seeds, generator.z_dim, truncation).to(device)
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
-    dtype = next(generator.parameters()).dtype
     return generator(z.to(dtype), y).float().cpu()
 
 
@@ -171,8 +178,7 @@ def translate(generator: nn.Module, images: np.ndarray, meta: dict[str, Any], de
     top, left = ph // 2, pw // 2
     if ph or pw:
         x = torch.nn.functional.pad(x, (left, pw - left, top, ph - top), mode="replicate")
-    device = next(generator.parameters()).device
-    dtype = next(generator.parameters()).dtype
+    device, dtype = placement(generator)
     outs = [generator(x[i : i + batch_size].to(device, dtype)).float().cpu() for i in range(0, len(x), batch_size)]
     y = torch.cat(outs)[..., top : top + h, left : left + w]
     return to_uint8(y, {**meta, "native_size": [h, w]})

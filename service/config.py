@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from backends.select import CHOICES as BACKEND_CHOICES
+
 BUNDLED_MODELS = ("fashion_mnist_cgan", "fashion_mnist_edges2image")
 
 
@@ -44,7 +46,10 @@ class Settings:
     threads: int = 2  # GANFORGE_THREADS: worker threads for sync work (render, translate)
     workers: int = 1  # GANFORGE_WORKERS: processes, each with its own model copies
     device: str = "auto"  # GANFORGE_DEVICE: auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # GANFORGE_DTYPE: auto (bf16/fp16 on CUDA when checked safe, else fp32) | float32 | ...
+    backend: str = "auto"  # GANFORGE_BACKEND: auto (the fastest accurate one, timed at start-up) | torch |
+    #                        torch-autocast | onnxruntime (docs/deploy.md)
+    dtype: str = "auto"  # GANFORGE_DTYPE: torch-autocast's low precision: auto (bfloat16 on CPU, float16 on
+    #                      CUDA/MPS) | bfloat16 | float16 | float32 (no low precision: auto never tries it)
     timeout_s: int = 60  # GANFORGE_TIMEOUT: per-request timeout (504 beyond it)
     max_upload_bytes: int = 4 << 20  # GANFORGE_MAX_UPLOAD_BYTES: /translate upload size
     max_pixels: int = 1 << 20  # GANFORGE_MAX_PIXELS: /translate width * height (decompression bombs)
@@ -84,6 +89,7 @@ class Settings:
             threads=_int(env, "GANFORGE_THREADS", cls.threads, 1, 256),
             workers=_int(env, "GANFORGE_WORKERS", cls.workers, 1, 256),
             device=env.get("GANFORGE_DEVICE", "").strip() or cls.device,
+            backend=_choice(env, "GANFORGE_BACKEND", cls.backend, BACKEND_CHOICES),
             dtype=_choice(env, "GANFORGE_DTYPE", cls.dtype, ("auto", "float32", "float16", "bfloat16")),
             timeout_s=_int(env, "GANFORGE_TIMEOUT", cls.timeout_s, 1, 3600),
             max_upload_bytes=_int(env, "GANFORGE_MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1024, 1 << 30),

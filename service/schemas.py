@@ -99,8 +99,14 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     sha256: Optional[str] = None
     device: str
-    dtype: str
-    precision_check: dict[str, Any] = Field(description="low-precision output vs float32 at startup")
+    dtype: str = Field(description="precision the backend computes in ('float32', 'bfloat16', or 'a+b' when "
+                                   "batch sizes are split between backends)")
+    backend: dict[str, Any] = Field(description="inference backend: name, precision, which backend runs each "
+                                                "timed batch size (`by_batch_size`), each backend's runtime")
+    precision_check: dict[str, Any] = Field(description="the backend choice's evidence at start-up: each "
+                                                        "candidate's probe images vs float32 eager (grey levels, "
+                                                        "tolerance) and, for GANFORGE_BACKEND=auto, its seconds "
+                                                        "per batch size")
     forward_passes: int = Field(description="generator forward passes in this worker since it started")
     images: int = Field(description="images produced in this worker since it started")
 

@@ -106,14 +106,17 @@ class Generator:
             watchdog.exit_with_parent()  # workers run in their own session: end them when the server is gone
         self.served: dict[str, Served] = {}
         for name, ref in MODEL_REFS.items():
+            largest = SETTINGS.max_batch_size if SETTINGS.batching else SETTINGS.max_n  # one pass at most
             try:
-                self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.dtype)
+                self.served[name] = load_served(name, ref.stored, SETTINGS.device, SETTINGS.backend,
+                                                SETTINGS.dtype, largest, SETTINGS.job_batch_size)
             except Exception as e:
                 if worker:  # BentoML would restart this worker every ~10 s, forever
                     watchdog.stop_server(f"cannot serve model {name!r}: {type(e).__name__}: {e}")
                 raise
             s = self.served[name]
-            logger.info("serving %s (%s) on %s as %s", s.tag, s.kind, s.device, s.dtype)
+            logger.info("serving %s (%s) on %s with %s (%s), by batch size %s", s.tag, s.kind, s.device,
+                        s.backend.name, s.backend.precision, s.backend.describe()["by_batch_size"])
         self.gate = OnlineGate(SETTINGS.job_quiet_ms / 1000)  # online requests in flight; jobs give way
         self.jobs = JobManager(jobs_root(SETTINGS), self.served, self.gate, max_active=SETTINGS.job_max_active,
                                batch_wait_s=SETTINGS.job_max_wait_ms / 1000, pause_s=SETTINGS.job_pause_ms / 1000,
@@ -218,13 +221,16 @@ class Generator:
         `CorkDispatcher`, the same queue, limits and `adaptive_batch_size` metric an HTTP call to the route
         would get; see service/bentoml_internals.py). Called directly (no server), or if a BentoML version
         lays its app out differently, the items are rendered in a worker thread, one request per pass.
-        `alone`: no other online request is in flight, so the batcher should not hold this one for company."""
+        `alone`: no other online request is in flight, so there is no company to merge with: the items skip
+        the batcher and render in a worker thread at once (its queue, dispatcher loop and thread hop took
+        ~20 ms of a lone n = 1 request's p50 on the 2 busy cores, against 3.9 ms without them; RESULTS.md,
+        "Deploy anywhere, fast")."""
         if not hasattr(self, "_dispatch"):
             app = bentoml_internals.served_app(self)
             self._dispatch = None if app is None else bentoml_internals.route_batcher(app, "render_batch")
             if app is not None and self._dispatch is None and SETTINGS.batching:
                 logger.warning("render_batch's batcher not found in BentoML's app; requests are not merged")
-        if self._dispatch is not None:
+        if self._dispatch is not None and not alone:
             return await self._dispatch(items, alone)
         return await run_in_threadpool(self._render_items, items)  # not self.render_batch: in a server
         #                                                              that is an HTTP call to the route
@@ -332,7 +338,8 @@ class Generator:
 
     @bentoml.api
     async def models(self) -> ModelsResponse:
-        """Every served model: kind, classes, geometry, provenance, metrics, device, dtype, counters."""
+        """Every served model: kind, classes, geometry, provenance, metrics, device, backend and its evidence,
+        counters."""
         defaults = {kind: next((s.name for s in self.served.values() if s.kind == kind), None)
                     for kind in KINDS}
         return ModelsResponse(models=[ModelInfo(**s.info()) for s in self.served.values()], defaults=defaults,

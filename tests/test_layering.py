@@ -1,7 +1,7 @@
 """The dependency direction of the packages, read from their source with `ast` (not grep): every `import`
 and `from ... import`, relative ones resolved, including those inside functions.
 
-    training -> models, augment        service -> models, augment        augment -> models
+    training -> models, augment, backends        service -> models, augment, backends        augment -> models
     backends -> models                 models -> (torch, safetensors, ... nothing of ours)
 """
 from __future__ import annotations

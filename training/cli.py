@@ -32,7 +32,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from .sample import sample_to_files
 
     sample_to_files(args.checkpoint, args.per_class, args.seed, args.out, args.grid, args.classes,
-                    args.truncation, args.device or "auto")
+                    args.truncation, args.device or "auto", args.backend)
 
 
 def parse_per_class(text: str) -> int | dict[str, int]:
@@ -67,10 +67,25 @@ def _cmd_augment(args: argparse.Namespace) -> None:
             bar.update(done - bar.n)
 
         report = augment_checkpoint(args.checkpoint, args.out, args.device or "auto", progress,
+                                    backend=_backend(args.backend, args.batch_size),
                                     per_class=per_class, total=args.total, classes=args.classes, seed=args.seed,
                                     truncation=args.truncation, format=args.format, chunk_size=args.chunk_size,
                                     batch_size=args.batch_size, select=select)
     print(json.dumps(report))
+
+
+def _backend(name: str, batch_size: int):
+    """`(module, meta, device) -> runner` for `name` (backends.choose, timed at the command's batch size)."""
+    from backends import choose
+
+    return lambda module, meta, device: choose(module, meta, device, name, (batch_size,))
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="torch",
+                   help="what runs the generator: torch (float32 eager, the reference: bit-identical to the "
+                        "service on GANFORGE_BACKEND=torch), torch-autocast, onnxruntime, or auto (the fastest "
+                        "that passes the precision check, timed at start-up; see docs/deploy.md)")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -127,6 +142,19 @@ def _store_export():
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    if args.format or args.out:  # a self-contained file for other runtimes (backends/export.py)
+        if not (args.format and args.out) or args.name:
+            raise ValueError("give --format onnx|torchscript with --out FILE (a file), or --name NAME (the "
+                             "BentoML model store), not both")
+        from backends import export_model
+
+        report = export_model(args.checkpoint, args.out, args.format)
+        parity = report["parity"]
+        print(f"exported {args.checkpoint} as {args.format} to {args.out} (parity with PyTorch: max abs diff "
+              f"{parity['max_abs_diff']:.2g} <= {parity['bound']:g} at input shapes {parity['input_shapes']})")
+        return
+    if not args.name:
+        raise ValueError("give --name NAME (the BentoML model store) or --format onnx|torchscript --out FILE")
     tag, created = _store_export()(args.checkpoint, args.name, force=args.force)
     print(f"exported {args.checkpoint} as {tag}" if created else f"{tag} already holds these weights")
 
@@ -185,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output .npz (images, labels, class_names, seeds)")
     s.add_argument("--grid", help="output PNG grid, one row per class")
     s.add_argument("--device")
+    _add_backend(s)
     s.set_defaults(func=_cmd_sample)
 
     a = sub.add_parser("augment", help="labelled synthetic images in bulk (class folders of PNGs or .npz + "
@@ -212,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
     sel.add_argument("--d-calibration", type=int, default=1024, metavar="M",
                      help="images per class (seeds 0..M-1) whose discriminator logits set that class's threshold")
     a.add_argument("--device")
+    _add_backend(a)
     a.set_defaults(func=_cmd_augment)
 
     e = sub.add_parser("evaluate", help="measure a checkpoint against the real test set")
@@ -249,9 +279,14 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint")
     i.set_defaults(func=_cmd_info)
 
-    x = sub.add_parser("export", help="copy a checkpoint into the BentoML model store for the service")
+    x = sub.add_parser("export", help="copy a checkpoint into the BentoML model store for the service (--name), "
+                                      "or export its generator to one ONNX / TorchScript file (--format, --out)")
     x.add_argument("checkpoint")
-    x.add_argument("--name", required=True, help="store name, e.g. fashion_mnist_cgan (see GANFORGE_MODELS)")
+    x.add_argument("--name", help="store name, e.g. fashion_mnist_cgan (see GANFORGE_MODELS)")
+    x.add_argument("--format", choices=["onnx", "torchscript"],
+                   help="export to this format instead (dynamic batch, metadata embedded, parity-checked; "
+                        "docs/deploy.md)")
+    x.add_argument("--out", help="the exported file (with --format)")
     x.add_argument("--force", action="store_true", help="store a new version even if the weights are unchanged")
     x.set_defaults(func=_cmd_export)
 

@@ -12,18 +12,24 @@ from models.sampling import class_index, generate, grid, pick_device, to_uint8
 
 
 def sample_arrays(checkpoint: str, per_class: int, seed: int, classes: list[str] | None = None,
-                  truncation: float | None = None, device: str = "auto", batch_size: int = 256):
-    """Exactly `per_class` images of each requested class, in class order; image k uses seed + k.
+                  truncation: float | None = None, device: str = "auto", batch_size: int = 256,
+                  backend: str = "torch"):
+    """Exactly `per_class` images of each requested class, in class order; image k uses seed + k. `backend`
+    runs the forward pass (`backends.choose`: torch, the float32 reference, by default; auto times the others).
 
     Returns (images uint8 at native size, labels int64, seeds int64, metadata).
     """
+    from backends import choose
+
     if per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {per_class}")
-    G, meta = load(checkpoint, pick_device(device))
+    dev = pick_device(device)
+    module, meta = load(checkpoint, dev)
     require_kind(meta, CONDITIONAL, checkpoint)
     names = meta["class_names"]
     wanted = sorted({class_index(names, c) for c in classes}) if classes else list(range(len(names)))
     labels = np.repeat(np.asarray(wanted, dtype=np.int64), per_class)
+    G = choose(module, meta, dev, backend, (min(batch_size, len(labels)),))  # timed at the batch it runs
     seeds = seed + np.arange(len(labels), dtype=np.int64)
     chunks = [to_uint8(generate(G, labels[i : i + batch_size], seeds[i : i + batch_size].tolist(), truncation), meta)
               for i in range(0, len(labels), batch_size)]
@@ -48,11 +54,12 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
 
 
 def sample_to_files(checkpoint: str, per_class: int, seed: int, out: str | None, grid_path: str | None,
-                    classes: list[str] | None, truncation: float | None, device: str) -> None:
+                    classes: list[str] | None, truncation: float | None, device: str, backend: str = "torch") -> None:
     """CLI body: sample, then write the .npz contract (images, labels, class_names, seeds) and/or a grid."""
     if not out and not grid_path:
         raise ValueError("nothing to write: give --out FILE.npz and/or --grid FILE.png")
-    images, labels, seeds, meta = sample_arrays(checkpoint, per_class, seed, classes, truncation, device)
+    images, labels, seeds, meta = sample_arrays(checkpoint, per_class, seed, classes, truncation, device,
+                                                backend=backend)
     if out:
         save_npz(out, images=images, labels=labels, class_names=np.asarray(meta["class_names"]), seeds=seeds)
         print(f"wrote {len(images)} images to {out}")

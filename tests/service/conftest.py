@@ -30,6 +30,9 @@ os.environ.update(
     # BentoML sheds load (503) when its latency estimate exceeds this; on a starved CI core the default
     # 2 s can trip, and these tests are about merging, not shedding.
     GANFORGE_MAX_LATENCY_MS="60000",
+    # The reference backend, so that these tests can hold HTTP to the CLI's images bit for bit; the other
+    # backends (and `auto`) are held to their tolerance over HTTP in test_backends.py.
+    GANFORGE_BACKEND="torch",
 )
 (ROOT / "prometheus").mkdir()
 

@@ -229,11 +229,12 @@ def test_jobs_survive_a_kill_9_and_restart_of_the_server(server_env, checkpoints
 
 @pytest.fixture
 def served(checkpoints):
+    from backends import choose
     from service.served import Served
 
     G, meta = models.load(checkpoints["tiny-cgan"])
     return Served(name="tiny-cgan", tag="tiny-cgan:test", module=G, meta=meta, device=torch.device("cpu"),
-                  dtype=torch.float32, precision_check={},
+                  backend=choose(G, meta, "cpu", "torch"),
                   store_metadata={"sha256": file_hash(checkpoints["tiny-cgan"])})
 
 

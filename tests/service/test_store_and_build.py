@@ -60,6 +60,7 @@ def test_export_refuses_what_cannot_be_served(tmp_path, capsys):
     ({"GANFORGE_MAX_BATCH_SIZE": "1"}, "GANFORGE_MAX_BATCH_SIZE"),
     ({"GANFORGE_BATCHING": "maybe"}, "GANFORGE_BATCHING"),
     ({"GANFORGE_DTYPE": "float8"}, "GANFORGE_DTYPE"),
+    ({"GANFORGE_BACKEND": "tensorrt"}, r"GANFORGE_BACKEND='tensorrt'; allowed: \['auto', 'torch', 'torch-autocast'"),
     ({"GANFORGE_MODELS": "a,a"}, "twice"),
     ({"GANFORGE_MODELS": "UPPER"}, "not a valid BentoML model name"),
 ])
@@ -92,12 +93,14 @@ def test_bentoml_build_packs_service_models_requirements_and_dockerfile(store):
     files = {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
     assert {"src/service/service.py", "src/service/schemas.py", "src/models/sampling.py",
             "src/models/checkpoint.py", "src/augment/__init__.py", "src/augment/spec.py", "src/augment/writer.py",
-            "src/augment/render.py", "env/docker/Dockerfile", "env/python/requirements.txt",
+            "src/augment/render.py", "src/backends/select.py",
+            "src/backends/export.py", "env/docker/Dockerfile", "env/python/requirements.txt",
             "apis/openapi.yaml", "bento.yaml"} <= files
     assert not any(f.startswith(("src/training", "src/tests", "src/checkpoints", "src/runs", "src/benchmarks",
                                  "src/service/testing.py")) for f in files)
     requirements = open(bento.path_of("env/python/requirements.txt")).read()
-    for package in ("torch==", "bentoml==", "safetensors", "pillow", "pydantic", "numpy", "uvloop==", "httptools=="):
+    for package in ("torch==", "bentoml==", "safetensors", "pillow", "pydantic", "numpy", "uvloop==", "httptools==",
+                    "onnx==", "onnxruntime=="):
         assert package in requirements, requirements
     assert "torchvision" not in requirements and "tensorboard" not in requirements
     packed = {str(m.tag) for m in bento.info.all_models}
