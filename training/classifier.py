@@ -1,6 +1,7 @@
 """Train the domain classifier that defines the evaluation feature space (`ganforge train-classifier`)."""
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Iterable, Iterator
 
@@ -13,7 +14,7 @@ from models.checkpoint import CLASSIFIER, NORMALIZATION, build_metadata
 from models.sampling import pick_device
 
 from .data import ImageData
-from .datasets import ImageDataset, TensorImages, check_size, open_dataset
+from .datasets import ImageDataset, TensorImages, check_size, default_resolution, open_dataset
 from .loader import GlobalBatchSampler, batches, collate, default_workers, make_loader, private_generator
 
 
@@ -94,13 +95,17 @@ def fit_classifier(model: DomainClassifier, batches: Iterable[tuple[torch.Tensor
 
 def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, out: str = "runs/classifier",
                      epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
-                     device: str = "auto", channels: int | None = None, resolution: int = 64, fit: str = "crop",
-                     workers: int | None = None, min_steps: int = 100, steps: int | None = None) -> dict:
-    """Train a DomainClassifier on `dataset`'s train split (streamed; `resolution`/`fit` apply to image
-    folders), report test accuracy, save a checkpoint to `out`. Batch and steps scale with the data (see
-    `scaled_schedule`; `steps` overrides the count); fewer than 2 classes or 10 training images, or an empty test split, is a ValueError."""
+                     device: str = "auto", channels: int | None = None, resolution: int | None = None,
+                     fit: str = "crop", workers: int | None = None, min_steps: int = 100,
+                     steps: int | None = None) -> dict:
+    """Train a DomainClassifier on `dataset`'s train split, report test accuracy, save a checkpoint to `out`.
+
+    `resolution` (default: the dataset's, `default_resolution`) and `fit` shape what is read. Batch and steps
+    scale with the data (see `scaled_schedule`; `steps` overrides the count); fewer than 2 classes or 10
+    training images, or an empty test split, is a ValueError."""
     torch.manual_seed(seed)
     dev = pick_device(device)
+    resolution = default_resolution(dataset) if resolution is None else resolution
     train = open_dataset(dataset, "train", root, resolution, channels, fit)
     where = f"{dataset} {root}" if root else dataset
     check_size(train, f"{where} (train split)")
@@ -113,10 +118,17 @@ def train_classifier(dataset: str = "fashion-mnist", root: str | None = None, ou
     batch, scaled = scaled_schedule(len(train), batch_size, epochs, min_steps)
     steps = steps or scaled
     gen = torch.Generator().manual_seed(seed)
-    # per-epoch shuffles in whole batches, decoded in DataLoader workers (the same sampler as GAN training)
-    loader = make_loader(train, GlobalBatchSampler(len(train), batch, seed, draws=range(steps)), workers)
+    if isinstance(train, TensorImages):
+        # in-memory data keeps the recipe the bundled classifier was trained with (same batches, same bytes):
+        # per-epoch permutations drawn from `gen`, which also drives the shift augmentation
+        data, per_epoch = train.data, len(train) // batch
+        order = itertools.islice(epoch_batches(len(data), batch, -(-steps // per_epoch), gen), steps)
+        stream = ((data.images[idx], data.labels[idx]) for idx in order)
+    else:
+        # streamed data: per-epoch shuffles in whole batches, decoded in DataLoader workers (GAN training's sampler)
+        stream = batches(make_loader(train, GlobalBatchSampler(len(train), batch, seed, draws=range(steps)), workers))
     start = time.time()
-    fit_classifier(model, batches(loader), steps, gen, lr=lr, progress=True)
+    fit_classifier(model, stream, steps, gen, lr=lr, progress=True)
     acc = accuracy(model, test)
     report = {"test_accuracy": acc, "num_test": len(test), "num_train": len(train), "batch_size": batch,
               "steps": steps, "epochs": round(steps * batch / len(train), 2), "seconds": round(time.time() - start, 1)}

@@ -196,7 +196,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=8, help="passes over the data (at least 100 steps are run)")
     c.add_argument("--batch-size", type=int, default=128, help="at most; small data uses a quarter of itself")
     c.add_argument("--steps", type=int, default=None, help="optimiser steps (default: --epochs passes, >= 100)")
-    c.add_argument("--resolution", type=int, default=64, help="imagefolder: the GAN's resolution (64)")
+    c.add_argument("--resolution", type=int, default=None,
+                   help="the resolution images are read at (default: 32; imagefolder 64, the recipe's)")
     c.add_argument("--fit", default="crop", choices=["crop", "squash", "pad"], help="imagefolder: non-square images")
     c.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
     c.add_argument("--width", type=int, default=32)

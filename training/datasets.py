@@ -402,6 +402,13 @@ def _cifar(root: str | None, split: str, resolution: int, channels: int | None, 
 
 # datasets streamed from disk; every other name is loaded into memory by training.data.load_dataset
 STREAMED = {"cifar10": _cifar, "imagefolder": ImageFolderFiles}
+# the resolution a dataset is read at when none is given: the loaders' 32, photo folders 64 (the recipe's)
+DEFAULT_RESOLUTION = {"imagefolder": 64}
+
+
+def default_resolution(name: str) -> int:
+    """The resolution `name` is read at when the caller gives none."""
+    return DEFAULT_RESOLUTION.get(name, 32)
 
 
 def open_dataset(name: str, split: str = "train", root: str | None = None, resolution: int = 32,
