@@ -138,6 +138,8 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
 
     def collapse_check() -> str | None:
         """Rank 0: check, log, and return the verdict: None (fine), "warn", "stop" or "rollback"."""
+        if monitor is None:  # no domain classifier: the check was switched off with a warning at start
+            return None
         ratios = monitor.check(G_ema, grid_meta)
         for name, ratio in ratios.items():
             writer.add_scalar(f"diversity/{name}", ratio, step)
