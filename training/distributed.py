@@ -122,6 +122,21 @@ def local_device(device: torch.device, local_rank: int, world_size: int) -> torc
     return device
 
 
+def _restart_store(timeout: timedelta) -> dist.Store | None:
+    """torchrun's agent store, namespaced by the restart count; None outside an elastic agent.
+
+    After `--max-restarts` restarts a group, the agent's store still holds the killed generation's gloo
+    addresses under the same keys, and the new ranks connect to those dead ports (Connection refused):
+    seen with torch 2.14.1 and tests/training/test_ddp.py's kill -9 test. A prefix per restart keeps each
+    generation's keys apart."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                         timeout=timeout)
+    return dist.PrefixStore(f"ganforge/restart_{restart}", base)
+
+
 @contextmanager
 def process_group(device: torch.device, timeout_minutes: float = 10.0) -> Iterator[Dist]:
     """The process group torchrun's environment describes (env://: MASTER_ADDR, MASTER_PORT, RANK,
@@ -134,7 +149,12 @@ def process_group(device: torch.device, timeout_minutes: float = 10.0) -> Iterat
     own = not dist.is_initialized()
     if own:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+        timeout = timedelta(minutes=timeout_minutes)
+        store = _restart_store(timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     backend = dist.get_backend()
     if (dist.get_rank(), dist.get_world_size()) != (rank, world):
         raise ValueError(f"the process group is rank {dist.get_rank()} of {dist.get_world_size()} but the "
