@@ -21,7 +21,8 @@ Every score is computed on the image as written (uint8, decoded as a reader of t
 
 Candidates are generated and scored in fixed batches of `batch_size` candidate indices (j in [iB, (i+1)B)), so
 a decision never depends on where a run started: a resumed job redraws the batch it stopped in and gets the
-same images and scores (on the same device). What each chunk drew is recorded beside its marker, and the
+same images and scores (on the same device and thread count: a float32 score's last bits depend
+on how its reductions are split across threads). What each chunk drew is recorded beside its marker, and the
 finished folder reports it: manifest.csv (accepted: seed, candidate, scores), rejected.csv (every rejected
 draw), selection.json (per class: drawn, accepted, rejected, acceptance rate; thresholds; filters).
 """
