@@ -6,7 +6,10 @@ at the worst pixel, with no NaN; one that does not (or fails to build) is never 
 that fails the check falls back to float32 eager, and the report says so.
 
 `auto` times the float32 reference and every accurate candidate on the model at each of the batch sizes
-the caller really runs (the service: 1, the batcher's sizes, the jobs' batch) and, per batch size, serves
+the caller really runs (the service: 1, the batcher's sizes, the jobs' batch), in interleaved rounds (one
+candidate timed after another, not each in its own stretch of time: on a shared machine the earlier
+one-after-the-other timing once picked autocast at batch 64 in a burst of load and served at a third of
+ONNX Runtime's speed), and, per batch size, serves
 the fastest; a candidate must be MIN_SPEEDUP times as fast as float32 at that size to be preferred to it
 (launch-bound small GANs: float16 was slower than float32 on an H100). A batch is run by the choice made
 for the smallest timed size >= its own (the largest for bigger batches), so one Selection can run batch 1
@@ -36,7 +39,8 @@ MAX_MEAN_LEVEL_DIFF = 1.0  # grey levels, averaged over the probe's pixels
 MAX_LEVEL_DIFF = 24  # grey levels, worst pixel (GAN outputs sit on tanh edges; a few pixels move)
 PROBE_SIZE = 8
 MIN_SPEEDUP = 1.1
-REPEATS = 5
+ROUNDS = 9  # auto's timing: interleaved rounds (see `interleaved`)
+BUDGET_S = 20.0  # ... stopped after this many seconds of timing
 CHOICES = ("auto", *BACKENDS)
 TOLERANCE = {"max_mean_level_diff": MAX_MEAN_LEVEL_DIFF, "max_level_diff": MAX_LEVEL_DIFF, "probe_images": PROBE_SIZE}
 
@@ -55,15 +59,29 @@ def probe(generator: Any, meta: dict[str, Any], size: int = PROBE_SIZE) -> np.nd
     return sampling.translate(generator, images, meta)
 
 
-def seconds(backend: Backend, batch: int, repeats: int = REPEATS) -> float:
-    """Median wall time of one `batch`-image probe to uint8 on the host (the copy waits for the device)."""
-    probe(backend, backend.meta, batch)  # warm-up: kernel selection, allocator, ONNX Runtime's arena
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        probe(backend, backend.meta, batch)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def interleaved(backends: dict[str, Backend], sizes: Sequence[int], rounds: int = ROUNDS,
+                budget_s: float = BUDGET_S) -> dict[str, dict[int, float]]:
+    """Median seconds per batch of every backend at every size, timed in `rounds` interleaved rounds (each
+    round runs every (size, backend) once, the backends' order rotating), so a burst of load from another
+    process or the machine's clock moving lands on all candidates alike instead of on whichever was timed
+    then. Two warm-up calls each first; after `budget_s` of timing the rounds stop (at least one is run)."""
+    names = list(backends)
+    for b in sizes:
+        for name in names:
+            for _ in range(2):
+                probe(backends[name], backends[name].meta, b)
+    samples: dict[str, dict[int, list[float]]] = {n: {b: [] for b in sizes} for n in names}
+    deadline = time.perf_counter() + budget_s
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for b in sizes:
+            for name in order:
+                start = time.perf_counter()
+                probe(backends[name], backends[name].meta, b)
+                samples[name][b].append(time.perf_counter() - start)
+        if time.perf_counter() > deadline:
+            break
+    return {n: {b: float(np.median(v)) for b, v in by.items()} for n, by in samples.items()}
 
 
 @dataclass
@@ -173,8 +191,10 @@ def choose(module: nn.Module, meta: dict[str, Any], device: torch.device | str, 
         if served != requested:
             report["fallback"] = REFERENCE
         return Selection({served: accepted[served]}, sizes, [served] * len(sizes), report)
-    timer = timer or seconds
-    timings = {name: {b: timer(backend, b) for b in sizes} for name, backend in accepted.items()}
+    if timer is None:
+        timings = interleaved(accepted, sizes)
+    else:
+        timings = {name: {b: timer(backend, b) for b in sizes} for name, backend in accepted.items()}
     for entry in report["candidates"]:
         if entry["backend"] in timings:
             entry["seconds"] = {str(b): round(t, 6) for b, t in timings[entry["backend"]].items()}

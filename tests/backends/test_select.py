@@ -87,6 +87,29 @@ def test_auto_times_its_candidates_for_real(servable):
     assert sel.describe()["by_batch_size"] == {"1": sel.served[0], "4": sel.served[1]}
 
 
+def test_auto_times_the_candidates_interleaved_with_a_rotating_order(monkeypatch):
+    import backends.select as select
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name, self.meta = name, {}
+
+    def fake_probe(backend, meta, size):
+        calls.append((backend.name, size))
+
+    monkeypatch.setattr(select, "probe", fake_probe)
+    fakes = {n: Fake(n) for n in ("torch", "a", "b")}
+    timings = select.interleaved(fakes, (1, 64), rounds=3)
+    assert set(timings) == {"torch", "a", "b"} and all(set(t) == {1, 64} for t in timings.values())
+    timed = calls[2 * 3 * 2:]  # after two warm-up calls per (size, backend)
+    assert len(timed) == 3 * 2 * 3
+    assert [n for n, _ in timed[:6]] == ["torch", "a", "b"] * 2  # round 0, sizes 1 then 64
+    assert [n for n, _ in timed[6:9]] == ["a", "b", "torch"]  # round 1 starts one further on
+    assert [n for n, _ in timed[12:15]] == ["b", "torch", "a"]
+
+
 def broken_for_float16(module):
     """Activations beyond float16's range (65504): inf/NaN under float16 autocast, fine in float32."""
     module = copy.deepcopy(module)
