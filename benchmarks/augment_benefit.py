@@ -14,9 +14,17 @@ images:
   real N + syn 1:r  the same subset plus r*N synthetic images per class (--ratios, default 1, 4)
   syn only M        M synthetic images per class and no real one: the Classification Accuracy Score
   real full         the whole real training set (6000 per class): the ceiling
-Synthetic images come from one npz job of `augment` (the engine of `ganforge augment` and the
-service's jobs), cached and resumable under --cache; every seed draws its own subset of that pool.
-Batches are drawn uniformly from the union, so at 1:r a fraction r/(1+r) of each batch is synthetic.
+and, with --recipes, the recipes of the literature at every --sizes N (issue 20):
+  mix:a             every batch a fraction a synthetic, drawn from the whole pool (--pool-per-class images per
+                    class, much larger than the real set below 6000), the rest real: class-balanced mixing at a
+                    fixed ratio, however few the real images
+  filtered:a        the same from the pool filtered by classifier confidence (--filter-p under --filter, the
+                    bundled classifier by default: a different network from the one each row trains and tests)
+  pretrain          half the steps on the synthetic pool, then half on the real images (a fresh optimiser and
+                    schedule for each half: the same total compute)
+Synthetic images come from npz jobs of `augment` (the engine of `ganforge augment` and the service's jobs,
+with its sample selection for the filtered pool), cached and resumable under --cache; every seed draws its own
+subset of that pool. The fixed 1:r rows draw batches uniformly from the union (a fraction r/(1+r) synthetic).
 """
 from __future__ import annotations
 
@@ -44,20 +52,50 @@ FULL = 6000  # Fashion-MNIST training images per class
 
 # --- the classifier benefit -----------------------------------------------------------------------------
 
-def fit_and_test(images, labels, test, steps: int, batch_size: int, width: int, seed: int, device) -> float:
-    """Train a fresh DomainClassifier for `steps` steps on uint8 (N, 1, H, W) images; real test accuracy."""
+def fit_and_test(stages, test, width: int, seed: int, device) -> float:
+    """Train a fresh DomainClassifier through `stages` and return its real test accuracy.
+
+    `stages`: a list of (sampler, steps); sampler(gen, batch_count) yields that many (uint8 images (B, 1, H, W),
+    labels) batches. Each stage is one `fit_classifier` run (`ganforge train-classifier`'s recipe: optimiser,
+    one-cycle schedule, flip + shift, label smoothing), so a condition's compute is the sum of its steps."""
     import torch
 
     from models import DomainClassifier, DomainClassifierConfig
-    from training.classifier import accuracy, fit_classifier, random_batches  # `ganforge train-classifier`'s recipe
+    from training.classifier import accuracy, fit_classifier
 
     torch.manual_seed(seed)
-    cfg = DomainClassifierConfig(num_classes=10, img_resolution=images.shape[-1], img_channels=1, width=width)
+    cfg = DomainClassifierConfig(num_classes=10, img_resolution=test.images.shape[-1], img_channels=1, width=width)
     model = DomainClassifier(cfg).to(device)
     gen = torch.Generator().manual_seed(seed)
-    batches = ((images[idx], labels[idx]) for idx in random_batches(len(images), batch_size, steps, gen))
-    fit_classifier(model, batches, steps, gen, lr=2e-3)  # with replacement: any set size, the same compute
+    for sampler, steps in stages:
+        fit_classifier(model, sampler(gen, steps), steps, gen, lr=2e-3)
     return accuracy(model, test)
+
+
+def uniform(images, labels, batch_size: int):
+    """Batches drawn uniformly with replacement from one set (any set size gets the same compute)."""
+    from training.classifier import random_batches
+
+    def sampler(gen, steps):
+        return ((images[idx], labels[idx]) for idx in random_batches(len(images), batch_size, steps, gen))
+
+    return sampler
+
+
+def mixed(real, syn, fraction: float, batch_size: int):
+    """Batches of round(fraction * batch_size) synthetic rows (uniform over the pool, balanced by class as the
+    pool is) and the rest real (uniform over the real subset, balanced by class as the subset is)."""
+    import torch
+
+    k = int(round(fraction * batch_size))
+
+    def sampler(gen, steps):
+        for _ in range(steps):
+            r = torch.randint(len(real[0]), (batch_size - k,), generator=gen)
+            s = torch.randint(len(syn[0]), (k,), generator=gen)
+            yield torch.cat([real[0][r], syn[0][s]]), torch.cat([real[1][r], syn[1][s]])
+
+    return sampler
 
 
 def per_class_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -72,29 +110,52 @@ def per_class_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 
 def synthetic_pool(checkpoint: str, per_class: int, cache: Path, seed: int, truncation: float | None,
-                   device: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """(images uint8 (N, 28, 28), labels) of a cached `augment` npz job; resumes if interrupted."""
+                   device: str, select: dict | None = None) -> tuple[np.ndarray, np.ndarray, str, dict | None]:
+    """(images uint8 (N, 28, 28), labels, generator sha256, selection summary) of a cached `augment` npz job
+    (with `select`: the job's sample selection, e.g. {"classifier": path, "min_confidence": 0.5}); resumes."""
     from augment import augment_checkpoint, checkpoint_job
 
-    job = checkpoint_job(checkpoint, per_class=per_class, seed=seed, truncation=truncation, format="npz")
-    out = cache / f"pool-{job.checkpoint_sha256[:12]}-{per_class}-s{seed}-t{truncation}"
+    job = checkpoint_job(checkpoint, per_class=per_class, seed=seed, truncation=truncation, format="npz",
+                         select=select)
+    tag = f"-p{select['min_confidence']}-{job.selection.classifier_sha256[:8]}" if select else ""
+    out = cache / f"pool-{job.checkpoint_sha256[:12]}-{per_class}-s{seed}-t{truncation}{tag}"
     t = time.perf_counter()
     report = augment_checkpoint(checkpoint, out, device, per_class=per_class, seed=seed, truncation=truncation,
-                                format="npz")
+                                format="npz", select=select)
     print(f"synthetic pool: {report['total']} images in {out} ({report['generated']} generated now, "
           f"{time.perf_counter() - t:.0f} s)", flush=True)
     data = np.load(out / "images.npz")
-    return data["images"], data["labels"], job.checkpoint_sha256
+    summary = json.loads((out / "selection.json").read_text()) if select else None
+    return data["images"], data["labels"], job.checkpoint_sha256, summary
 
 
-def conditions(sizes: list[int], ratios: list[float], syn_only: list[int], full: bool) -> list[dict]:
+def conditions(sizes: list[int], ratios: list[float], syn_only: list[int], full: bool,
+               recipes: list[str] = (), pool: int = 0) -> list[dict]:
+    """The rows to train. `recipes`: mix:A (a fraction A of every batch from the pool), filtered:A (the same
+    from the filtered pool), pretrain; `ratios` (fixed 1:r sets) only where the real set is below 1000."""
     out = []
     for n in sizes:
-        out.append({"name": f"real {n}", "real": n, "syn": 0})
-        out += [{"name": f"real {n} + syn 1:{r:g}", "real": n, "syn": int(round(r * n))} for r in ratios]
-    out += [{"name": f"syn only {m}", "real": 0, "syn": m} for m in syn_only]
-    if full:
-        out.append({"name": "real full", "real": FULL, "syn": 0})
+        out.append({"name": f"real {n}", "real": n, "syn": 0, "recipe": "union"})
+        if n < 1000:
+            out += [{"name": f"real {n} + syn 1:{r:g}", "real": n, "syn": int(round(r * n)), "recipe": "union"}
+                    for r in ratios]
+        for recipe in recipes:
+            kind, _, a = recipe.partition(":")
+            if kind == "pretrain":
+                out.append({"name": f"real {n}: pretrain syn, finetune", "real": n, "syn": pool,
+                            "recipe": "pretrain"})
+            elif kind in ("mix", "filtered"):
+                label = "mix" if kind == "mix" else "filtered mix"
+                out.append({"name": f"real {n} + {label} {float(a):g}", "real": n, "syn": pool, "recipe": "mix",
+                            "fraction": float(a), **({"pool": "filtered"} if kind == "filtered" else {})})
+            else:
+                raise ValueError(f"unknown recipe {recipe!r}; allowed: mix:A, filtered:A, pretrain")
+    out += [{"name": f"syn only {m}", "real": 0, "syn": m, "recipe": "union"} for m in syn_only]
+    if any(r.startswith("filtered") for r in recipes):
+        out += [{"name": f"filtered syn only {m}", "real": 0, "syn": m, "recipe": "union", "pool": "filtered"}
+                for m in syn_only]
+    if full and FULL not in sizes:
+        out.append({"name": "real full", "real": FULL, "syn": 0, "recipe": "union"})
     return out
 
 
@@ -110,38 +171,50 @@ def benefit(args: argparse.Namespace) -> dict:
     train = load_dataset("fashion-mnist", "train")
     test = load_dataset("fashion-mnist", "test")
     real_labels = train.labels.numpy()
-    plan = conditions(args.sizes, args.ratios, args.syn_only, not args.no_full)
-    need = max([c["syn"] for c in plan] + [1])
-    syn_images, syn_labels, sha = synthetic_pool(args.checkpoint, need, Path(args.cache), args.syn_seed,
-                                                 args.truncation, args.device)
-    syn_images = torch.from_numpy(syn_images)[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
-    syn_labels_t = torch.from_numpy(syn_labels)
+    recipes = [r for r in args.recipes.split(",") if r]
+    plan = conditions(args.sizes, args.ratios, args.syn_only, not args.no_full, recipes, args.pool_per_class)
+    pools = {}
+    for kind in dict.fromkeys(c.get("pool", "plain") for c in plan if c["syn"]):
+        need = max(c["syn"] for c in plan if c["syn"] and c.get("pool", "plain") == kind)
+        select = {"classifier": args.filter, "min_confidence": args.filter_p} if kind == "filtered" else None
+        images, labels, sha, summary = synthetic_pool(args.checkpoint, need, Path(args.cache), args.syn_seed,
+                                                      args.truncation, args.device, select)
+        pools[kind] = (torch.from_numpy(images)[:, None], torch.from_numpy(labels), labels, summary)
     rows = []
     for cond in plan:
         accs = []
         for seed in range(args.seeds):
             rng = np.random.default_rng(seed)
-            parts_x, parts_y = [], []
+            real = syn = None
             if cond["real"]:
                 idx = np.arange(len(real_labels)) if cond["real"] == FULL else \
                     per_class_subset(real_labels, cond["real"], rng)
-                parts_x.append(train.images[idx])
-                parts_y.append(train.labels[idx])
+                real = (train.images[idx], train.labels[idx])
             if cond["syn"]:
-                idx = per_class_subset(syn_labels, cond["syn"], rng)
-                parts_x.append(syn_images[idx])
-                parts_y.append(syn_labels_t[idx])
+                images, labels, labels_np, _ = pools[cond.get("pool", "plain")]
+                idx = per_class_subset(labels_np, cond["syn"], rng)
+                syn = (images[idx], labels[idx])
+            B, steps = args.batch_size, args.steps
+            if cond["recipe"] == "mix":
+                stages = [(mixed(real, syn, cond["fraction"], B), steps)]
+            elif cond["recipe"] == "pretrain":
+                stages = [(uniform(*syn, B), steps // 2), (uniform(*real, B), steps - steps // 2)]
+            else:
+                parts = [p for p in (real, syn) if p is not None]
+                stages = [(uniform(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), B), steps)]
             t = time.perf_counter()
-            acc = fit_and_test(torch.cat(parts_x), torch.cat(parts_y), test, args.steps, args.batch_size,
-                               args.width, seed, device)
+            acc = fit_and_test(stages, test, args.width, seed, device)
             accs.append(acc)
-            print(f"{cond['name']:>24} seed {seed}: test accuracy {acc:.4f} ({time.perf_counter() - t:.0f} s)",
+            print(f"{cond['name']:>36} seed {seed}: test accuracy {acc:.4f} ({time.perf_counter() - t:.0f} s)",
                   flush=True)
         rows.append({**cond, "accuracies": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))})
+    filtered = pools.get("filtered")
     return {"when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "device": str(device), "checkpoint": args.checkpoint, "checkpoint_sha256": sha, "steps": args.steps,
             "batch_size": args.batch_size, "width": args.width, "seeds": args.seeds,
-            "truncation": args.truncation, "rows": rows}
+            "truncation": args.truncation, "rows": rows,
+            "filter": {"classifier": args.filter, "min_confidence": args.filter_p,
+                       "acceptance": filtered[3]["total"]} if filtered else None}
 
 
 def benefit_markdown(result: dict) -> str:
@@ -150,15 +223,26 @@ def benefit_markdown(result: dict) -> str:
              f"Checkpoint `{result['checkpoint']}` (sha256 {result['checkpoint_sha256'][:12]}…), truncation "
              f"{result['truncation']}; classifier: DomainClassifier width {result['width']}, {result['steps']} steps "
              f"of batch {result['batch_size']} for every condition; seeds: {result['seeds']}; "
-             "real Fashion-MNIST test set (10,000 images).", "",
+             "real Fashion-MNIST test set (10,000 images)." + filter_line(result.get("filter")), "",
              "| condition | real / class | synthetic / class | test accuracy (mean ± std) | vs same real alone |",
              "|---|---|---|---|---|"]
     for r in result["rows"]:
         ref = base.get(r["real"]) if r["real"] and r["syn"] else None
         delta = f"{100 * (r['mean'] - ref['mean']):+.1f} pt" if ref else ""
+        if ref and abs(r["mean"] - ref["mean"]) <= r["std"] + ref["std"]:
+            delta += " (within the spread)"
         lines.append(f"| {r['name']} | {r['real']} | {r['syn']} | {100 * r['mean']:.1f}% ± {100 * r['std']:.1f} "
                      f"| {delta} |")
     return "\n".join(lines) + "\n"
+
+
+def filter_line(f: dict | None) -> str:
+    if not f:
+        return ""
+    acc = f["acceptance"]
+    return (f" Filtered pool: candidates kept when `{f['classifier']}` gives the requested class probability >= "
+            f"{f['min_confidence']} ({acc['accepted']} of {acc['drawn']} drawn, {100 * acc['acceptance_rate']:.1f} %);"
+            " each row's own classifier (trained from scratch on that row's data) is what is tested.")
 
 
 # --- online latency while a job runs --------------------------------------------------------------------
@@ -243,6 +327,12 @@ def main() -> None:
     p.add_argument("--syn-only", type=lambda s: [int(x) for x in s.split(",") if x], default=[1000, 4000],
                    help="synthetic images per class for the synthetic-only (CAS) rows")
     p.add_argument("--no-full", action="store_true", help="skip the full real training set row")
+    p.add_argument("--recipes", default="", help="comma-separated: mix:A, filtered:A, pretrain (A: the synthetic "
+                                                 "fraction of every batch; see the docstring)")
+    p.add_argument("--pool-per-class", type=int, default=4000, help="synthetic pool size per class for the recipes")
+    p.add_argument("--filter", default=str(ROOT / "checkpoints" / "fashion_mnist_classifier"),
+                   help="classifier checkpoint of the filtered pool")
+    p.add_argument("--filter-p", type=float, default=0.5, help="the filtered pool's min_confidence")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per condition (the same for all)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -263,6 +353,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.sizes, args.ratios, args.syn_only, args.steps, args.seeds, args.no_full = [50], [1], [100], 30, 1, True
+        args.pool_per_class = 100
     if args.latency:
         result = latency(args)
         text, marks = latency_markdown(result), (LAT_START, LAT_END)
