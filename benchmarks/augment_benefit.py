@@ -322,7 +322,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion_mnist_cgan"))
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[50, 200, 1000],
                    help="real images per class, comma-separated")
-    p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=[1, 4],
+    p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",") if x], default=[1, 4],
                    help="synthetic per real image, comma-separated (1:r)")
     p.add_argument("--syn-only", type=lambda s: [int(x) for x in s.split(",") if x], default=[1000, 4000],
                    help="synthetic images per class for the synthetic-only (CAS) rows")
