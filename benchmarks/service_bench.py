@@ -16,6 +16,8 @@ torch-autocast, onnxruntime and auto; backends/):
            `gc.freeze()` and thresholds made no-ops by a `sitecustomize` on the server's PYTHONPATH); with
            --compare-layout also the raw rows with the weights in the contiguous (NCHW) layout instead of
            the channels-last one `models.load` gives on the CPU
+After its patterns each server also answers POST /models (no image drawn) at concurrency 64: the requests/s
+the HTTP stack and this load generator reach alone, the ceiling of any n = 1 pattern on this machine.
 Reports images/s, p50/p99 request latency and peak RSS per server worker, and checks issue 19's targets
 (and issue 4's, on the --off-backend servers).
 Loopback only; every pattern is bounded by a request count and a time cap.
@@ -86,8 +88,10 @@ def raw_rows(checkpoint: str, backends: tuple[str, ...], seconds: float, layouts
     return rows
 
 
-async def load(url: str, n: int, concurrency: int, requests: int, seconds: float, model: str) -> dict:
-    """`concurrency` clients each sending /generate requests of `n` images back to back.
+async def load(url: str, n: int, concurrency: int, requests: int, seconds: float, model: str,
+               route: str = "/generate") -> dict:
+    """`concurrency` clients each sending /generate requests of `n` images back to back (`route="/models"`:
+    the cheapest API route instead, no image drawn: requests/s of the HTTP stack and this client alone).
 
     aiohttp, not httpx: one httpx AsyncClient with 64 connections cost so much CPU on these 2 shared cores
     that it halved the measured throughput at concurrency 64 and put p99 at 3.2 s (aiohttp against the same
@@ -101,9 +105,9 @@ async def load(url: str, n: int, concurrency: int, requests: int, seconds: float
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
         async def one(i: int) -> None:
-            body = {"class_name": i % 10, "n": n, "seed": i * n, "model": model}
+            body = {"class_name": i % 10, "n": n, "seed": i * n, "model": model} if route == "/generate" else {}
             t = time.perf_counter()
-            async with client.post("/generate", json=body) as r:
+            async with client.post(route, json=body) as r:
                 await r.read()
                 if r.status == 200:
                     latencies.append(time.perf_counter() - t)
@@ -161,6 +165,10 @@ def markdown(result: dict) -> str:
                          f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] or ''} |")
     lines.append("")
     for mode, h in result["http"].items():
+        ceiling = h.get("stack_ceiling")
+        if ceiling:
+            lines.append(f"- {mode}: POST /models (no image) at concurrency 64: {ceiling['images_per_s']:.0f} "
+                         f"requests/s, p50 {ceiling['p50_ms']:.1f} ms: the HTTP stack's and this client's ceiling")
         lines.append(f"- {mode}: {h['http_stack']}; peak RSS per worker "
                      f"{', '.join(f'{m:.0f} MB' for m in h['rss_mb'])}; batcher, over all patterns: {h['batching']}; "
                      f"backend by batch size: {h.get('backend')}")
@@ -266,10 +274,12 @@ def main() -> None:
                     patterns.append(asyncio.run(load(server.url, n, concurrency, args.requests, args.seconds,
                                                      args.name)))
                     print(f"http batching={mode}", patterns[-1], flush=True)
+                ceiling = asyncio.run(load(server.url, 1, 64, args.requests, args.seconds, args.name, "/models"))
+                print(f"http batching={mode} /models", ceiling, flush=True)
                 import httpx
 
                 served = httpx.post(f"{server.url}/models", json={}, timeout=30).json()["models"][0]
-                result["http"][mode] = {"patterns": patterns, "rss_mb": server.worker_peak_rss_mb(),
+                result["http"][mode] = {"patterns": patterns, "stack_ceiling": ceiling, "rss_mb": server.worker_peak_rss_mb(),
                                         "batching": batch_stats(server.url), "http_stack": server.http_stack(),
                                         "backend": served["backend"]["by_batch_size"],
                                         "precision_check": served["precision_check"]}
