@@ -73,33 +73,21 @@ class TorchAutocast(Backend):
 
 
 class OnnxRuntime(Backend):
-    """On the CPU, batches of at most SINGLE_THREAD_MAX_BATCH images run on a second, one-thread session: with
-    the pool's threads not spinning (export.onnx_runner), waking a second thread for each of the graph's ops
-    costs more than it saves on one image (benchmarks/RESULTS.md, issue 19)."""
-
     name = "onnxruntime"
-    SINGLE_THREAD_MAX_BATCH = 1
 
     def __init__(self, module: nn.Module, meta: dict[str, Any], device: torch.device | str):
         from .export import onnx_bytes, onnx_runner
 
         super().__init__(module, meta, device)
         self.providers = onnx_providers(self.device)
-        graph = onnx_bytes(module, meta)
-        threads = torch.get_num_threads()
-        self._run = onnx_runner(graph, self.providers, threads=threads)
+        self._run = onnx_runner(onnx_bytes(module, meta), self.providers, threads=torch.get_num_threads())
         self.providers = list(self._run.session.get_providers())  # what the session really got
-        self._small = self._run
-        if self.providers == ["CPUExecutionProvider"] and threads > 1:
-            self._small = onnx_runner(graph, self.providers, threads=1)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        run = self._small if inputs[0].shape[0] <= self.SINGLE_THREAD_MAX_BATCH else self._run
-        return run(*inputs)
+        return self._run(*inputs)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "providers": self.providers,
-                "single_thread_max_batch": self.SINGLE_THREAD_MAX_BATCH if self._small is not self._run else 0}
+        return {**super().describe(), "providers": self.providers}
 
 
 def onnx_providers(device: torch.device) -> list[str]:

@@ -162,23 +162,3 @@ def test_requested_backend_is_served_when_accurate_and_names_are_checked(servabl
     with pytest.raises(ValueError, match=r"unknown backend 'tensorflow'; allowed: \['auto', 'torch'"):
         choose(module, meta, "cpu", "tensorflow")
 
-
-def test_onnxruntime_runs_lone_images_on_a_one_thread_session_with_the_same_output(servable):
-    from backends.engines import OnnxRuntime
-
-    module, meta = models.load(servable["ConditionalGenerator"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        b = OnnxRuntime(module, meta, "cpu")
-    finally:
-        torch.set_num_threads(threads)
-    assert b._small is not b._run and b._small.session.get_session_options().intra_op_num_threads == 1
-    assert b._run.session.get_session_options().intra_op_num_threads == 2
-    assert b.describe()["single_thread_max_batch"] == OnnxRuntime.SINGLE_THREAD_MAX_BATCH == 1
-    z, y = torch.randn(3, module.z_dim), torch.tensor([0, 1, 2])
-    together = b(z, y)  # the pool's session
-    alone = torch.cat([b(z[i : i + 1], y[i : i + 1]) for i in range(3)])  # the one-thread session
-    assert torch.allclose(together, alone, atol=1e-5)
-    with torch.inference_mode():
-        assert torch.allclose(alone, module(z, y), atol=1e-4)
