@@ -44,7 +44,7 @@ BUDGET_S = 20.0  # ... stopped after this many seconds of timing
 CHOICES = ("auto", *BACKENDS)
 TOLERANCE = {"max_mean_level_diff": MAX_MEAN_LEVEL_DIFF, "max_level_diff": MAX_LEVEL_DIFF, "probe_images": PROBE_SIZE}
 
-Timer = Callable[[Backend, int], float]  # (backend, batch size) -> seconds for one batch
+Timer = Callable[[dict[str, Backend], Sequence[int]], dict[str, dict[int, float]]]  # -> seconds per batch
 
 
 def probe(generator: Any, meta: dict[str, Any], size: int = PROBE_SIZE) -> np.ndarray:
@@ -191,10 +191,7 @@ def choose(module: nn.Module, meta: dict[str, Any], device: torch.device | str, 
         if served != requested:
             report["fallback"] = REFERENCE
         return Selection({served: accepted[served]}, sizes, [served] * len(sizes), report)
-    if timer is None:
-        timings = interleaved(accepted, sizes)
-    else:
-        timings = {name: {b: timer(backend, b) for b in sizes} for name, backend in accepted.items()}
+    timings = (timer or interleaved)(accepted, sizes)
     for entry in report["candidates"]:
         if entry["backend"] in timings:
             entry["seconds"] = {str(b): round(t, 6) for b, t in timings[entry["backend"]].items()}

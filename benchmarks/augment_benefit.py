@@ -110,8 +110,8 @@ def per_class_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 
 def synthetic_pool(checkpoint: str, per_class: int, cache: Path, seed: int, truncation: float | None,
-                   device: str, select: dict | None = None) -> tuple[np.ndarray, np.ndarray, str, dict | None]:
-    """(images uint8 (N, 28, 28), labels, generator sha256, selection summary) of a cached `augment` npz job
+                   device: str, select: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """(images uint8 (N, 28, 28), labels, selection summary) of a cached `augment` npz job
     (with `select`: the job's sample selection, e.g. {"classifier": path, "min_confidence": 0.5}); resumes."""
     from augment import augment_checkpoint, checkpoint_job
 
@@ -126,7 +126,7 @@ def synthetic_pool(checkpoint: str, per_class: int, cache: Path, seed: int, trun
           f"{time.perf_counter() - t:.0f} s)", flush=True)
     data = np.load(out / "images.npz")
     summary = json.loads((out / "selection.json").read_text()) if select else None
-    return data["images"], data["labels"], job.checkpoint_sha256, summary
+    return data["images"], data["labels"], summary
 
 
 def conditions(sizes: list[int], ratios: list[float], syn_only: list[int], full: bool,
@@ -162,10 +162,12 @@ def conditions(sizes: list[int], ratios: list[float], syn_only: list[int], full:
 def benefit(args: argparse.Namespace) -> dict:
     import torch
 
+    from models.checkpoint import file_hash
     from models.sampling import pick_device
     from training.data import load_dataset
 
     device = pick_device(args.device)
+    sha = file_hash(args.checkpoint)  # the weights every pool's job records
     if args.threads:
         torch.set_num_threads(args.threads)
     train = load_dataset("fashion-mnist", "train")
@@ -177,9 +179,9 @@ def benefit(args: argparse.Namespace) -> dict:
     for kind in dict.fromkeys(c.get("pool", "plain") for c in plan if c["syn"]):
         need = max(c["syn"] for c in plan if c["syn"] and c.get("pool", "plain") == kind)
         select = {"classifier": args.filter, "min_confidence": args.filter_p} if kind == "filtered" else None
-        images, labels, sha, summary = synthetic_pool(args.checkpoint, need, Path(args.cache), args.syn_seed,
-                                                      args.truncation, args.device, select)
-        pools[kind] = (torch.from_numpy(images)[:, None], torch.from_numpy(labels), labels, summary)
+        images, labels, summary = synthetic_pool(args.checkpoint, need, Path(args.cache), args.syn_seed,
+                                                 args.truncation, args.device, select)
+        pools[kind] = (torch.from_numpy(images)[:, None], torch.from_numpy(labels), summary)
     rows = []
     for cond in plan:
         accs = []
@@ -191,8 +193,8 @@ def benefit(args: argparse.Namespace) -> dict:
                     per_class_subset(real_labels, cond["real"], rng)
                 real = (train.images[idx], train.labels[idx])
             if cond["syn"]:
-                images, labels, labels_np, _ = pools[cond.get("pool", "plain")]
-                idx = per_class_subset(labels_np, cond["syn"], rng)
+                images, labels, _ = pools[cond.get("pool", "plain")]
+                idx = per_class_subset(labels.numpy(), cond["syn"], rng)
                 syn = (images[idx], labels[idx])
             B, steps = args.batch_size, args.steps
             if cond["recipe"] == "mix":
@@ -214,7 +216,7 @@ def benefit(args: argparse.Namespace) -> dict:
             "batch_size": args.batch_size, "width": args.width, "seeds": args.seeds,
             "truncation": args.truncation, "rows": rows,
             "filter": {"classifier": args.filter, "min_confidence": args.filter_p,
-                       "acceptance": filtered[3]["total"]} if filtered else None}
+                       "acceptance": filtered[2]["total"]} if filtered else None}
 
 
 def benefit_markdown(result: dict) -> str:

@@ -279,7 +279,8 @@ def main() -> None:
                 import httpx
 
                 served = httpx.post(f"{server.url}/models", json={}, timeout=30).json()["models"][0]
-                result["http"][mode] = {"patterns": patterns, "stack_ceiling": ceiling, "rss_mb": server.worker_peak_rss_mb(),
+                result["http"][mode] = {"patterns": patterns, "stack_ceiling": ceiling,
+                                        "rss_mb": server.worker_peak_rss_mb(),
                                         "batching": batch_stats(server.url), "http_stack": server.http_stack(),
                                         "backend": served["backend"]["by_batch_size"],
                                         "precision_check": served["precision_check"]}

@@ -43,8 +43,8 @@ def test_auto_candidates_on_this_cpu():
 
 
 def fake_timer(table):
-    """(backend name, batch) -> seconds from `table`; the real timing is never run."""
-    return lambda backend, batch: table[backend.name][batch]
+    """Seconds per batch from `table` for the backends and sizes `choose` times; the real timing never runs."""
+    return lambda backends, sizes: {n: {b: table[n][b] for b in sizes} for n in backends}
 
 
 @pytest.mark.parametrize("table,served", [
@@ -161,4 +161,3 @@ def test_requested_backend_is_served_when_accurate_and_names_are_checked(servabl
         {"backend": "torch", "precision": "float32", "reference": True}]
     with pytest.raises(ValueError, match=r"unknown backend 'tensorflow'; allowed: \['auto', 'torch'"):
         choose(module, meta, "cpu", "tensorflow")
-
