@@ -20,6 +20,8 @@ and, with --recipes, the recipes of the literature at every --sizes N (issue 20)
                     fixed ratio, however few the real images
   filtered:a        the same from the pool filtered by classifier confidence (--filter-p under --filter, the
                     bundled classifier by default: a different network from the one each row trains and tests)
+  dfiltered:a       the same from the pool filtered by the run's own discriminator (the top --d-keep fraction of
+                    each class by D's logit; the checkpoint must have been exported with its discriminator)
   pretrain          half the steps on the synthetic pool, then half on the real images (a fresh optimiser and
                     schedule for each half: the same total compute)
 Synthetic images come from npz jobs of `augment` (the engine of `ganforge augment` and the service's jobs,
@@ -48,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- augment_benefit:start -->", "<!-- augment_benefit:end -->"
 LAT_START, LAT_END = "<!-- augment_latency:start -->", "<!-- augment_latency:end -->"
 FULL = 6000  # Fashion-MNIST training images per class
+POOL_LABELS = {"mix": "mix", "filtered": "filtered mix", "dfiltered": "D-filtered mix"}  # recipe -> row name
 
 
 # --- the classifier benefit -----------------------------------------------------------------------------
@@ -117,7 +120,11 @@ def synthetic_pool(checkpoint: str, per_class: int, cache: Path, seed: int, trun
 
     job = checkpoint_job(checkpoint, per_class=per_class, seed=seed, truncation=truncation, format="npz",
                          select=select)
-    tag = f"-p{select['min_confidence']}-{job.selection.classifier_sha256[:8]}" if select else ""
+    tag = ""
+    if select and select.get("min_confidence") is not None:
+        tag += f"-p{select['min_confidence']}-{job.selection.classifier_sha256[:8]}"
+    if select and select.get("d_keep_fraction") is not None:
+        tag += f"-d{select['d_keep_fraction']}-{job.selection.discriminator_sha256[:8]}"
     out = cache / f"pool-{job.checkpoint_sha256[:12]}-{per_class}-s{seed}-t{truncation}{tag}"
     t = time.perf_counter()
     report = augment_checkpoint(checkpoint, out, device, per_class=per_class, seed=seed, truncation=truncation,
@@ -131,8 +138,8 @@ def synthetic_pool(checkpoint: str, per_class: int, cache: Path, seed: int, trun
 
 def conditions(sizes: list[int], ratios: list[float], syn_only: list[int], full: bool,
                recipes: list[str] = (), pool: int = 0) -> list[dict]:
-    """The rows to train. `recipes`: mix:A (a fraction A of every batch from the pool), filtered:A (the same
-    from the filtered pool), pretrain; `ratios` (fixed 1:r sets) only where the real set is below 1000."""
+    """The rows to train. `recipes`: mix:A (a fraction A of every batch from the pool), filtered:A / dfiltered:A
+    (the same from the classifier- / discriminator-filtered pool), pretrain; `ratios` (fixed 1:r sets) only where the real set is below 1000."""
     out = []
     for n in sizes:
         out.append({"name": f"real {n}", "real": n, "syn": 0, "recipe": "union"})
@@ -144,16 +151,16 @@ def conditions(sizes: list[int], ratios: list[float], syn_only: list[int], full:
             if kind == "pretrain":
                 out.append({"name": f"real {n}: pretrain syn, finetune", "real": n, "syn": pool,
                             "recipe": "pretrain"})
-            elif kind in ("mix", "filtered"):
-                label = "mix" if kind == "mix" else "filtered mix"
-                out.append({"name": f"real {n} + {label} {float(a):g}", "real": n, "syn": pool, "recipe": "mix",
-                            "fraction": float(a), **({"pool": "filtered"} if kind == "filtered" else {})})
+            elif kind in POOL_LABELS:
+                out.append({"name": f"real {n} + {POOL_LABELS[kind]} {float(a):g}", "real": n, "syn": pool,
+                            "recipe": "mix", "fraction": float(a), **({"pool": kind} if kind != "mix" else {})})
             else:
-                raise ValueError(f"unknown recipe {recipe!r}; allowed: mix:A, filtered:A, pretrain")
+                raise ValueError(f"unknown recipe {recipe!r}; allowed: mix:A, filtered:A, dfiltered:A, pretrain")
     out += [{"name": f"syn only {m}", "real": 0, "syn": m, "recipe": "union"} for m in syn_only]
-    if any(r.startswith("filtered") for r in recipes):
-        out += [{"name": f"filtered syn only {m}", "real": 0, "syn": m, "recipe": "union", "pool": "filtered"}
-                for m in syn_only]
+    for kind in dict.fromkeys(r.partition(":")[0] for r in recipes):
+        if kind in ("filtered", "dfiltered"):
+            out += [{"name": f"{kind} syn only {m}", "real": 0, "syn": m, "recipe": "union", "pool": kind}
+                    for m in syn_only]
     if full and FULL not in sizes:
         out.append({"name": "real full", "real": FULL, "syn": 0, "recipe": "union"})
     return out
@@ -178,7 +185,8 @@ def benefit(args: argparse.Namespace) -> dict:
     pools = {}
     for kind in dict.fromkeys(c.get("pool", "plain") for c in plan if c["syn"]):
         need = max(c["syn"] for c in plan if c["syn"] and c.get("pool", "plain") == kind)
-        select = {"classifier": args.filter, "min_confidence": args.filter_p} if kind == "filtered" else None
+        select = {"filtered": {"classifier": args.filter, "min_confidence": args.filter_p},
+                  "dfiltered": {"d_keep_fraction": args.d_keep}}.get(kind)
         images, labels, summary = synthetic_pool(args.checkpoint, need, Path(args.cache), args.syn_seed,
                                                  args.truncation, args.device, select)
         pools[kind] = (torch.from_numpy(images)[:, None], torch.from_numpy(labels), summary)
@@ -210,13 +218,14 @@ def benefit(args: argparse.Namespace) -> dict:
             print(f"{cond['name']:>36} seed {seed}: test accuracy {acc:.4f} ({time.perf_counter() - t:.0f} s)",
                   flush=True)
         rows.append({**cond, "accuracies": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))})
-    filtered = pools.get("filtered")
+    filtered, dfiltered = pools.get("filtered"), pools.get("dfiltered")
     return {"when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "device": str(device), "checkpoint": args.checkpoint, "checkpoint_sha256": sha, "steps": args.steps,
             "batch_size": args.batch_size, "width": args.width, "seeds": args.seeds,
             "truncation": args.truncation, "rows": rows,
             "filter": {"classifier": args.filter, "min_confidence": args.filter_p,
-                       "acceptance": filtered[2]["total"]} if filtered else None}
+                       "acceptance": filtered[2]["total"]} if filtered else None,
+            "d_filter": {"d_keep_fraction": args.d_keep, "acceptance": dfiltered[2]["total"]} if dfiltered else None}
 
 
 def benefit_markdown(result: dict) -> str:
@@ -225,7 +234,8 @@ def benefit_markdown(result: dict) -> str:
              f"Checkpoint `{result['checkpoint']}` (sha256 {result['checkpoint_sha256'][:12]}…), truncation "
              f"{result['truncation']}; classifier: DomainClassifier width {result['width']}, {result['steps']} steps "
              f"of batch {result['batch_size']} for every condition; seeds: {result['seeds']}; "
-             "real Fashion-MNIST test set (10,000 images)." + filter_line(result.get("filter")), "",
+             "real Fashion-MNIST test set (10,000 images)." + filter_line(result.get("filter"))
+             + d_filter_line(result.get("d_filter")), "",
              "| condition | real / class | synthetic / class | test accuracy (mean ± std) | vs same real alone |",
              "|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -245,6 +255,14 @@ def filter_line(f: dict | None) -> str:
     return (f" Filtered pool: candidates kept when `{f['classifier']}` gives the requested class probability >= "
             f"{f['min_confidence']} ({acc['accepted']} of {acc['drawn']} drawn, {100 * acc['acceptance_rate']:.1f} %);"
             " each row's own classifier (trained from scratch on that row's data) is what is tested.")
+
+
+def d_filter_line(f: dict | None) -> str:
+    if not f:
+        return ""
+    acc = f["acceptance"]
+    return (f" Discriminator-filtered pool: the top {f['d_keep_fraction']} of each class by the run's own D "
+            f"({acc['accepted']} of {acc['drawn']} drawn kept).")
 
 
 # --- online latency while a job runs --------------------------------------------------------------------
@@ -335,6 +353,7 @@ def main() -> None:
     p.add_argument("--filter", default=str(ROOT / "checkpoints" / "fashion_mnist_classifier"),
                    help="classifier checkpoint of the filtered pool")
     p.add_argument("--filter-p", type=float, default=0.5, help="the filtered pool's min_confidence")
+    p.add_argument("--d-keep", type=float, default=0.5, help="the dfiltered pool's d_keep_fraction")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per condition (the same for all)")
     p.add_argument("--batch-size", type=int, default=64)

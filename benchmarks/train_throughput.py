@@ -1,8 +1,9 @@
 """Training throughput (images/s through G+D per second of wall clock) of the bundled configs on this machine.
 
-Run by hand, alone on the machine:  .venv/bin/python -m benchmarks.train_throughput [--steps 60]
+Run by hand, alone on the machine:  .venv/bin/python -m benchmarks.train_throughput [--steps 60] [--amp off,always]
 Each config trains `steps` steps into a temporary folder and reports the loop's own count, as stored in the
 checkpoint's provenance: images through the networks (batch_size * (d_steps + 1) per step) per loop second.
+`--amp` runs each config once per autocast mode (training.config.AMP_MODES), alternating, `--rounds` times.
 """
 from __future__ import annotations
 
@@ -26,19 +27,25 @@ CONFIGS = ["configs/fashion_mnist_cgan.yaml", "configs/fashion_mnist_mlp_cgan.ya
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--amp", default="cuda", help="comma-separated autocast modes to compare (default: the configs')")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--configs", default=",".join(CONFIGS))
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')}")
-    for path in CONFIGS:
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = load_config(path, [f"workdir={tmp}/run", f"export={tmp}/ckpt", f"steps={args.steps}",
-                                     "sample_every=1000000", "state_every=1000000", "max_minutes=null"])
-            _, meta = load(train(cfg))
-            prov = meta["provenance"]
-            print(json.dumps({"config": path, "steps": args.steps, "loop_seconds": prov["train_seconds"],
-                              "images_per_s": prov["images_per_second"],
-                              "steps_per_s": round(args.steps / prov["train_seconds"], 2)}))
+    for path in args.configs.split(","):
+        for _ in range(args.rounds):
+            for amp in args.amp.split(","):
+                with tempfile.TemporaryDirectory() as tmp:
+                    cfg = load_config(path, [f"workdir={tmp}/run", f"export={tmp}/ckpt", f"steps={args.steps}",
+                                             "sample_every=1000000", "state_every=1000000", "max_minutes=null",
+                                             f"amp={amp}"])
+                    _, meta = load(train(cfg))
+                prov = meta["provenance"]
+                print(json.dumps({"config": path, "amp": amp, "steps": args.steps,
+                                  "loop_seconds": prov["train_seconds"], "images_per_s": prov["images_per_second"],
+                                  "steps_per_s": round(args.steps / prov["train_seconds"], 2)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,13 @@ class JobManager:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def __enter__(self) -> "JobManager":
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             ran = False

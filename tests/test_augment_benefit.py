@@ -19,6 +19,10 @@ def test_the_plan_has_every_recipe_at_every_size_and_the_same_compute():
     assert [c.get("fraction") for c in plan[2:5]] == [0.5, 0.5, 0.2]
     assert all(c["pool"] == "filtered" for c in plan if "filtered" in c["name"])
     assert conditions([50], [], [], True)[-1]["real"] == FULL
+    d_plan = conditions([50], [], [4000], False, ["dfiltered:0.5"], 4000)
+    assert [(c["name"], c.get("pool")) for c in d_plan] == [
+        ("real 50", None), ("real 50 + D-filtered mix 0.5", "dfiltered"), ("syn only 4000", None),
+        ("dfiltered syn only 4000", "dfiltered")]
     with pytest.raises(ValueError, match="unknown recipe 'pool'"):
         conditions([50], [], [], False, ["pool"])
 

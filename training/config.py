@@ -24,6 +24,10 @@ from .paired import FORMATS as PAIRED_FORMATS
 DIRECTIONS = ("AtoB", "BtoA")
 COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
 RESUME_MODES = (False, True, "auto")  # TrainConfig.resume
+# TrainConfig.amp, where the training step runs under bf16 autocast: off | cuda (the default) | always (the CPU too;
+# pays only on CPUs with bf16 instructions: 0.11x float32 on an AVX2-only one, benchmarks/RESULTS.md). true/false
+# read as cuda/off.
+AMP_MODES = ("off", "cuda", "always")
 CHANNELS = (1, 3)
 
 
@@ -99,7 +103,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # generator EMA; effective decay ramps up as min(decay, (1+t)/(10+t))
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
-    amp: bool = True  # bf16 autocast on CUDA (ignored elsewhere)
+    amp: str = "cuda"  # bf16 autocast of the training step: off | cuda (CUDA only) | always (CPU too); AMP_MODES
     workdir: str = "runs/run"  # logs, TensorBoard, sample grids, resume state
     export: str = "checkpoints/run"  # final checkpoint for serving (EMA generator)
     # Also write the final D beside the export (discriminator.safetensors; for augment's --d-keep-fraction).
@@ -131,6 +135,9 @@ class TrainConfig:
         _one_of("collapse_action", self.collapse_action, COLLAPSE_ACTIONS)
         _one_of("batchnorm", self.batchnorm, BATCHNORM_MODES)
         _one_of("resume", self.resume, RESUME_MODES)
+        if isinstance(self.amp, bool):  # configs written before amp took a mode: true meant CUDA only
+            object.__setattr__(self, "amp", "cuda" if self.amp else "off")
+        _one_of("amp", self.amp, AMP_MODES)
         if isinstance(self.dist_timeout_minutes, bool) or not (isinstance(self.dist_timeout_minutes, (int, float))
                                                                 and self.dist_timeout_minutes > 0):
             raise ValueError(f"dist_timeout_minutes must be a number > 0, got {self.dist_timeout_minutes!r}")

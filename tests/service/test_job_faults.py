@@ -70,16 +70,13 @@ def test_a_state_write_on_a_full_disk_holds_the_job_and_it_finishes_when_space_i
     job_id = jobs.submit(small_job(served), "tiny-cgan:test")["job_id"]
     real = service.jobs._write_json
     monkeypatch.setattr(service.jobs, "_write_json", full_disk)
-    jobs.start()
-    try:
+    with jobs:
         time.sleep(1.5)  # ~7 retries at retry_s = 0.2
         assert jobs.status(job_id)["state"] == "queued" and "No space left" in jobs.status(job_id)["note"]
         warnings = [r for r in caplog.records if job_id in r.getMessage()]
         assert len(warnings) == 1 and not warnings[0].exc_info  # one line, not one traceback per scan
         monkeypatch.setattr(service.jobs, "_write_json", real)  # space is back
         wait_done(jobs, job_id)
-    finally:
-        jobs.stop()
     assert jobs.status(job_id)["interruptions"] == 0  # a held job is not a dead worker
 
 
@@ -91,8 +88,7 @@ def test_a_full_disk_while_publishing_pauses_and_publishes_again(served, tmp_pat
     job_id = jobs.submit(small_job(served), "tiny-cgan:test")["job_id"]
     real = augment.zip_folder
     monkeypatch.setattr(service.jobs.augment, "zip_folder", full_disk)
-    jobs.start()
-    try:
+    with jobs:
         deadline = time.monotonic() + 60
         while "paused" not in (jobs.status(job_id)["note"] or ""):
             assert time.monotonic() < deadline, jobs.status(job_id)
@@ -101,8 +97,6 @@ def test_a_full_disk_while_publishing_pauses_and_publishes_again(served, tmp_pat
         assert status["state"] == "queued" and status["done"] == status["total"] and status["error"] is None
         monkeypatch.setattr(service.jobs.augment, "zip_folder", real)
         wait_done(jobs, job_id)
-    finally:
-        jobs.stop()
     assert jobs.result(job_id).is_file() and not (tmp_path / job_id / "out").exists()
 
 
@@ -118,8 +112,7 @@ def test_a_failed_job_says_why_and_can_be_retried(served, tmp_path, monkeypatch)
         raise RuntimeError("zip writer broke")
 
     monkeypatch.setattr(service.jobs.augment, "zip_folder", broken)
-    jobs.start()
-    try:
+    with jobs:
         status = wait_state(jobs, job_id, ("failed",))
         assert "zip writer broke" in status["error"] and "retry" in status["error"]
         with pytest.raises(JobConflict):
@@ -127,8 +120,6 @@ def test_a_failed_job_says_why_and_can_be_retried(served, tmp_path, monkeypatch)
         monkeypatch.setattr(service.jobs.augment, "zip_folder", real)
         jobs.retry(job_id)
         wait_done(jobs, job_id)
-    finally:
-        jobs.stop()
     assert jobs.status(job_id)["error"] is None and jobs.status(job_id)["attempts"] == 2
 
 
@@ -141,11 +132,8 @@ def test_stale_result_temp_files_are_removed(served, tmp_path):
     (folder / "state.json").write_text(json.dumps({**state, "state": "running"}))  # as a killed worker left it
     stale = folder / f".augment-{job_id}.zip.abc123.tmp"
     stale.write_bytes(b"half a zip")
-    jobs.start()
-    try:
+    with jobs:
         wait_done(jobs, job_id)
-    finally:
-        jobs.stop()
     assert not stale.exists() and jobs.status(job_id)["interruptions"] == 1
 
 
@@ -164,11 +152,8 @@ def test_one_job_raising_does_not_stop_the_scan(served, tmp_path, monkeypatch):
         return real(self, job_id, folder)
 
     monkeypatch.setattr(JobManager, "_run_locked", run_locked)
-    jobs.start()
-    try:
+    with jobs:
         wait_done(jobs, second)
-    finally:
-        jobs.stop()
     assert jobs.status(first)["state"] == "queued" and "nobody foresaw" in jobs.status(first)["note"]
 
 
@@ -207,11 +192,8 @@ def test_a_job_fails_at_its_third_worker_death(served, tmp_path):
     state = json.loads((folder / "state.json").read_text())
     (folder / "state.json").write_text(json.dumps({**state, "state": "running",
                                                    "interruptions": MAX_INTERRUPTIONS - 1}))
-    jobs.start()
-    try:
+    with jobs:
         status = wait_state(jobs, job_id, ("failed", "done"))
-    finally:
-        jobs.stop()
     assert MAX_INTERRUPTIONS == 3 and status["state"] == "failed"
     assert status["interruptions"] == 3 and "stopped 3 times" in status["error"]
 
@@ -227,14 +209,11 @@ def test_cancel_delete_and_keep_files(served, tmp_path):
         jobs.cancel(queued)
     kept = jobs.submit(small_job(served, seed=50), "tiny-cgan:test", {"keep_files": True})["job_id"]
     plain = jobs.submit(small_job(served, seed=60), "tiny-cgan:test")["job_id"]
-    jobs.start()
-    try:
+    with jobs:
         wait_done(jobs, kept)
         wait_done(jobs, plain)
         with pytest.raises(JobConflict, match="queued or running"):
             jobs.cancel(plain)
-    finally:
-        jobs.stop()
     assert (tmp_path / kept / "out").is_dir() and jobs.status(kept)["keep_files"]
     assert not (tmp_path / plain / "out").exists() and jobs.result(plain).is_file()
     assert jobs.delete(queued) == {"job_id": queued, "deleted": True, "state": "cancelled"}
@@ -248,15 +227,12 @@ def test_a_running_job_is_cancelled_after_its_current_batch(served, tmp_path):
 
     jobs = manager(tmp_path, served, pause_s=0.05)
     job_id = jobs.submit(small_job(served, counts=[40] * 10), "tiny-cgan:test")["job_id"]
-    jobs.start()
-    try:
+    with jobs:
         wait_state(jobs, job_id, ("running",))
         with pytest.raises(JobConflict, match="cancel it first"):
             jobs.delete(job_id)
         jobs.cancel(job_id)
         status = wait_state(jobs, job_id, ("cancelled",))
-    finally:
-        jobs.stop()
     assert status["done"] < status["total"] and "cancelled at" in status["note"]
     assert jobs.retry(job_id)["state"] == "queued"
 

@@ -252,11 +252,8 @@ def test_a_job_that_cannot_run_fails_with_a_reason(served, tmp_path):
     gone = jobs.submit(small_job(served, model="retired"), "retired:1")["job_id"]
     other = jobs.submit(small_job(served, checkpoint_sha256="0" * 64), "tiny-cgan:old")["job_id"]
     fine = jobs.submit(small_job(served), "tiny-cgan:test")["job_id"]
-    jobs.start()
-    try:
+    with jobs:
         wait_done(jobs, fine)
-    finally:
-        jobs.stop()
     assert jobs.status(gone)["state"] == "failed" and "not served any more" in jobs.status(gone)["error"]
     assert jobs.status(other)["state"] == "failed" and "other weights" in jobs.status(other)["error"]
     from service.jobs import JobNotReady
@@ -323,8 +320,5 @@ def test_jobs_still_progress_when_online_traffic_never_stops(served, tmp_path):
     jobs = JobManager(tmp_path, {"tiny-cgan": served}, gate, batch_wait_s=0.05, poll_s=0.05)
     with gate.online():
         job_id = jobs.submit(small_job(served), "tiny-cgan:test")["job_id"]
-        jobs.start()
-        try:
+        with jobs:
             wait_done(jobs, job_id)
-        finally:
-            jobs.stop()

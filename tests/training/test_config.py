@@ -13,6 +13,11 @@ def test_yaml_plus_overrides(tmp_path):
     assert yaml.safe_load(yaml.safe_dump(to_dict(cfg)))["steps"] == 20
 
 
+@pytest.mark.parametrize("value,mode", [("true", "cuda"), ("false", "off"), ("always", "always")])
+def test_amp_reads_the_old_booleans_as_modes(value, mode):
+    assert load_config(None, [f"amp={value}"]).amp == mode  # configs written before amp took a mode still load
+
+
 @pytest.mark.parametrize("override,match", [("stepz=3", "stepz"), ("data.res=3", "res"), ("steps", "key=value")])
 def test_bad_overrides_name_the_key(override, match):
     with pytest.raises(ValueError, match=match):
@@ -24,6 +29,7 @@ def test_bad_overrides_name_the_key(override, match):
     ("diffaugment=translation,zoom", "diffaugment must be one of ['color', 'colour', 'cutout', 'translation'], "
                                      "got 'zoom'"),
     ("collapse_action=panic", "collapse_action must be one of ['warn', 'stop', 'rollback'], got 'panic'"),
+    ("amp=fast", "amp must be one of ['off', 'cuda', 'always'], got 'fast'"),
     ("data.paired=sketch", "data.paired must be one of ['aligned', 'folders', 'edges'"),
     ("data.direction=up", "data.direction must be one of ['AtoB', 'BtoA'], got 'up'"),
     ("data.name=imagenet", "data.name must be one of ['fashion-mnist'"),

@@ -44,10 +44,12 @@ def test_run_folder_holds_config_grids_state_and_tensorboard(trained):
     assert meta["provenance"]["steps"] == 900 and meta["provenance"]["dataset"] == "shapes"
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("amp", ["cuda", "always"])  # float32 on the CPU, and bf16 autocast on the CPU
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, amp):
     # on the CPU: CUDA's embedding backward accumulates with atomics, so two CUDA runs differ in the last bits
     # whether or not they were interrupted
-    run = {"state_every": 3, "batch_size": 8, "diffaugment": "translation", "lr_decay_steps": 4, "device": "cpu"}
+    run = {"state_every": 3, "batch_size": 8, "diffaugment": "translation", "lr_decay_steps": 4, "device": "cpu",
+           "amp": amp}
     straight = train_tiny(tmp_path / "a", steps=6, **run)
     # "interrupted" after 3 steps (the last resume state), then continued with --resume; the learning-rate
     # decay (steps 2..5) spans the interruption and must follow the same schedule
@@ -57,6 +59,21 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     b, _ = load(resumed)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_bf16_autocast_on_the_cpu_is_applied(tmp_path):
+    b, _ = load(train_tiny(tmp_path / "fp32", amp="off", device="cpu", steps=2))
+    c, _ = load(train_tiny(tmp_path / "bf16", amp="always", device="cpu", steps=2))
+    # two steps apart already: the step really ran in bf16 (its weights stay float32, as autocast keeps them)
+    assert all(p.dtype == torch.float32 for p in c.parameters())
+    assert any(not torch.equal(pb, pc) for pb, pc in zip(b.state_dict().values(), c.state_dict().values()))
+
+
+@pytest.mark.slow  # 7 min on a CPU without bf16 instructions (emulated), where amp=always is not for use anyway
+def test_bf16_autocast_on_the_cpu_still_learns_the_classes(trained, tmp_path):
+    _, clf = trained
+    bf16 = train_tiny(tmp_path / "bf16", amp="always", device="cpu")
+    assert conditional_accuracy(bf16, clf) > 0.6
 
 
 def test_lr_decay_is_linear_to_zero_over_the_last_steps():
@@ -84,3 +101,32 @@ def test_mlp_baseline_trains_at_native_28(tmp_path):
                       generator={"architecture": "MLPGenerator"}, discriminator={"architecture": "MLPDiscriminator"})
     images, *_ = sample_arrays(str(ckpt), 1, 0)
     assert images.shape == (4, 28, 28, 3)
+
+
+@pytest.mark.parametrize("flags,warns", [({"avx2", "fma"}, True), ({"avx2", "avx512_bf16"}, False),
+                                         ({"amx_bf16"}, False)])
+def test_amp_always_warns_on_a_cpu_without_bf16_instructions(flags, warns, capsys):
+    from training.loop import training_autocast
+
+    ctx = training_autocast("always", torch.device("cpu"), flags=flags)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert ("without bf16 instructions" in capsys.readouterr().err) == warns
+    assert not isinstance(training_autocast("cuda", torch.device("cpu")), torch.autocast)  # the default: CUDA only
+    assert not isinstance(training_autocast("off", torch.device("cpu")), torch.autocast)
+
+
+def test_amp_always_reads_this_machines_flags(capsys):
+    from training.loop import CPU_BF16_FLAGS, cpu_flags, training_autocast
+
+    training_autocast("always", torch.device("cpu"))
+    flags = cpu_flags()
+    expected = flags is not None and not flags & set(CPU_BF16_FLAGS)
+    assert ("without bf16 instructions" in capsys.readouterr().err) == expected
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    from training.loop import cpu_flags
+
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    assert cpu_flags(str(tmp_path / "cpuinfo")) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags(str(tmp_path / "missing")) is None
