@@ -41,6 +41,7 @@ PROBE_SIZE = 8
 MIN_SPEEDUP = 1.1
 ROUNDS = 9  # auto's timing: interleaved rounds (see `interleaved`)
 BUDGET_S = 20.0  # ... stopped after this many seconds of timing
+DROP_FACTOR = 3.0  # ... a candidate this many times slower than the fastest at every size is not timed further
 CHOICES = ("auto", *BACKENDS)
 TOLERANCE = {"max_mean_level_diff": MAX_MEAN_LEVEL_DIFF, "max_level_diff": MAX_LEVEL_DIFF, "probe_images": PROBE_SIZE}
 
@@ -60,16 +61,25 @@ def probe(generator: Any, meta: dict[str, Any], size: int = PROBE_SIZE) -> np.nd
 
 
 def interleaved(backends: dict[str, Backend], sizes: Sequence[int], rounds: int = ROUNDS,
-                budget_s: float = BUDGET_S) -> dict[str, dict[int, float]]:
+                budget_s: float = BUDGET_S, drop: float = DROP_FACTOR) -> dict[str, dict[int, float]]:
     """Median seconds per batch of every backend at every size, timed in `rounds` interleaved rounds (each
     round runs every (size, backend) once, the backends' order rotating), so a burst of load from another
     process or the machine's clock moving lands on all candidates alike instead of on whichever was timed
-    then. Two warm-up calls each first; after `budget_s` of timing the rounds stop (at least one is run)."""
+    then. Two warm-up calls each first; a backend whose second warm-up call was `drop` times slower than the
+    fastest one's at every size cannot be served and is not timed further (its warm-up time is its figure):
+    bf16 autocast on a CPU without bf16 instructions ran ~20x slower than float32 and, timed in every round,
+    left the others one or two rounds inside the budget. After `budget_s` of timing the rounds stop (at least
+    one is run)."""
     names = list(backends)
+    warm: dict[str, dict[int, float]] = {n: {} for n in names}
     for b in sizes:
         for name in names:
-            for _ in range(2):
-                probe(backends[name], backends[name].meta, b)
+            probe(backends[name], backends[name].meta, b)
+            start = time.perf_counter()
+            probe(backends[name], backends[name].meta, b)
+            warm[name][b] = time.perf_counter() - start
+    hopeless = {n for n in names if all(warm[n][b] >= drop * min(warm[m][b] for m in names) for b in sizes)}
+    names = [n for n in names if n not in hopeless]
     samples: dict[str, dict[int, list[float]]] = {n: {b: [] for b in sizes} for n in names}
     deadline = time.perf_counter() + budget_s
     for r in range(rounds):
@@ -81,7 +91,8 @@ def interleaved(backends: dict[str, Backend], sizes: Sequence[int], rounds: int 
                 samples[name][b].append(time.perf_counter() - start)
         if time.perf_counter() > deadline:
             break
-    return {n: {b: float(np.median(v)) for b, v in by.items()} for n, by in samples.items()}
+    return {**{n: {b: float(np.median(v)) for b, v in by.items()} for n, by in samples.items()},
+            **{n: warm[n] for n in hopeless}}
 
 
 @dataclass

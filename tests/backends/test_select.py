@@ -101,13 +101,39 @@ def test_auto_times_the_candidates_interleaved_with_a_rotating_order(monkeypatch
 
     monkeypatch.setattr(select, "probe", fake_probe)
     fakes = {n: Fake(n) for n in ("torch", "a", "b")}
-    timings = select.interleaved(fakes, (1, 64), rounds=3)
+    timings = select.interleaved(fakes, (1, 64), rounds=3, drop=float("inf"))  # no-op fakes: nobody dropped
     assert set(timings) == {"torch", "a", "b"} and all(set(t) == {1, 64} for t in timings.values())
     timed = calls[2 * 3 * 2:]  # after two warm-up calls per (size, backend)
     assert len(timed) == 3 * 2 * 3
     assert [n for n, _ in timed[:6]] == ["torch", "a", "b"] * 2  # round 0, sizes 1 then 64
     assert [n for n, _ in timed[6:9]] == ["a", "b", "torch"]  # round 1 starts one further on
     assert [n for n, _ in timed[12:15]] == ["b", "torch", "a"]
+
+
+def test_a_candidate_far_slower_at_every_size_is_not_timed_after_its_warm_up(monkeypatch):
+    import time
+
+    import backends.select as select
+
+    calls = []
+    cost = {("torch", 1): 0.002, ("torch", 8): 0.004, ("slow", 1): 0.02, ("slow", 8): 0.04,  # 10x: dropped
+            ("late", 1): 0.02, ("late", 8): 0.001}  # slow at 1 but the fastest at 8: kept
+
+    class Fake:
+        def __init__(self, name):
+            self.name, self.meta = name, {}
+
+    def fake_probe(backend, meta, size):
+        calls.append((backend.name, size))
+        time.sleep(cost[backend.name, size])
+
+    monkeypatch.setattr(select, "probe", fake_probe)
+    timings = select.interleaved({n: Fake(n) for n in ("torch", "slow", "late")}, (1, 8), rounds=2)
+    timed = calls[2 * 3 * 2:]  # after the warm-ups
+    assert {n for n, _ in timed} == {"torch", "late"} and len(timed) == 2 * 2 * 2
+    assert set(timings) == {"torch", "slow", "late"}  # the dropped one keeps its warm-up figure as evidence
+    assert timings["slow"][1] >= 0.02 and timings["slow"][8] >= 0.04
+    assert min(timings, key=lambda n: timings[n][8]) == "late"
 
 
 def broken_for_float16(module):
