@@ -13,7 +13,6 @@ import json
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,38 +33,12 @@ from .ema import ema_update
 from .loader import GlobalBatchSampler, step_draws
 from .losses import feature_matching, get_loss
 from .optim import grad_norm, lr_scale
+from .precision import training_autocast
 from .regularizers import gradient_penalty, r1_penalty
 from .tasks import TASKS
 from .telemetry import Throughput, log_config, log_grid, purge_step
 
 STATE_NAME = "state.pt"
-# /proc/cpuinfo flags of the CPU instructions that run bf16 matrix work natively (x86: AVX-512 BF16, AMX; Arm: BF16)
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's feature flags as Linux lists them, or None where there is no such file."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return None
-    return {flag for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "Features")
-            for flag in line.split(":", 1)[1].split()}
-
-
-def training_autocast(mode: str, device: torch.device, warn: bool = True, flags: set[str] | None = None):
-    """The context the training step runs in for `amp` = off | cuda | always (bf16 autocast, float32 weights).
-    `always` on a CPU whose flags name no bf16 instruction warns once: oneDNN then emulates bf16, and the step
-    ran at 0.11x float32 on an AVX2-only CPU (benchmarks/RESULTS.md, "bf16 autocast for training")."""
-    if not (mode == "always" or (mode == "cuda" and device.type == "cuda")):
-        return nullcontext()
-    flags = cpu_flags() if flags is None and device.type == "cpu" else flags
-    if warn and device.type == "cpu" and flags is not None and not flags & set(CPU_BF16_FLAGS):
-        print(f"warning: amp=always on a CPU without bf16 instructions (none of {list(CPU_BF16_FLAGS)} in its "
-              "flags): the step will be much slower than with amp=off", file=sys.stderr)
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def train(cfg: TrainConfig, resume: bool | str = False) -> Path:
     """Train a GAN as configured (class-conditional, or image-to-image when `data.paired` is set);
     returns the exported checkpoint's path. Under torchrun every rank calls this with the same config

@@ -106,7 +106,7 @@ def test_mlp_baseline_trains_at_native_28(tmp_path):
 @pytest.mark.parametrize("flags,warns", [({"avx2", "fma"}, True), ({"avx2", "avx512_bf16"}, False),
                                          ({"amx_bf16"}, False)])
 def test_amp_always_warns_on_a_cpu_without_bf16_instructions(flags, warns, capsys):
-    from training.loop import training_autocast
+    from training.precision import training_autocast
 
     ctx = training_autocast("always", torch.device("cpu"), flags=flags)
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
@@ -116,7 +116,7 @@ def test_amp_always_warns_on_a_cpu_without_bf16_instructions(flags, warns, capsy
 
 
 def test_amp_always_reads_this_machines_flags(capsys):
-    from training.loop import CPU_BF16_FLAGS, cpu_flags, training_autocast
+    from training.precision import CPU_BF16_FLAGS, cpu_flags, training_autocast
 
     training_autocast("always", torch.device("cpu"))
     flags = cpu_flags()
@@ -125,7 +125,7 @@ def test_amp_always_reads_this_machines_flags(capsys):
 
 
 def test_cpu_flags_reads_the_flags_line(tmp_path):
-    from training.loop import cpu_flags
+    from training.precision import cpu_flags
 
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
     assert cpu_flags(str(tmp_path / "cpuinfo")) == {"fpu", "avx2", "avx512_bf16"}

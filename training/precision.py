@@ -1,0 +1,35 @@
+"""Where the training step runs in bf16: `amp` = off | cuda | always, and whether this CPU has the instructions
+that make `always` pay (benchmarks/RESULTS.md, "bf16 autocast and torch.compile for training")."""
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+# /proc/cpuinfo flags of the CPU instructions that run bf16 matrix work natively (x86: AVX-512 BF16, AMX; Arm: BF16)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags as Linux lists them, or None where there is no such file."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    return {flag for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "Features")
+            for flag in line.split(":", 1)[1].split()}
+
+
+def training_autocast(mode: str, device: torch.device, warn: bool = True, flags: set[str] | None = None):
+    """The context the training step runs in for `amp` = off | cuda | always (bf16 autocast, float32 weights).
+    `always` on a CPU whose flags name no bf16 instruction warns once: oneDNN then emulates bf16, and the step
+    ran at 0.11x float32 on an AVX2-only CPU (benchmarks/RESULTS.md, "bf16 autocast for training")."""
+    if not (mode == "always" or (mode == "cuda" and device.type == "cuda")):
+        return nullcontext()
+    flags = cpu_flags() if flags is None and device.type == "cpu" else flags
+    if warn and device.type == "cpu" and flags is not None and not flags & set(CPU_BF16_FLAGS):
+        print(f"warning: amp=always on a CPU without bf16 instructions (none of {list(CPU_BF16_FLAGS)} in its "
+              "flags): the step will be much slower than with amp=off", file=sys.stderr)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
