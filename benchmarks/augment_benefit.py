@@ -340,7 +340,7 @@ def latency_markdown(result: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion_mnist_cgan"))
-    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[50, 200, 1000],
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[50, 200, 1000],
                    help="real images per class, comma-separated")
     p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",") if x], default=[1, 4],
                    help="synthetic per real image, comma-separated (1:r)")
