@@ -13,7 +13,6 @@ import json
 import platform
 import statistics
 import time
-from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -22,6 +21,7 @@ from models import build
 from models.checkpoint import to_device
 from training.config import load_config
 from training.losses import get_loss
+from training.precision import training_autocast
 from training.regularizers import mode_seeking_loss
 
 CONFIG = "configs/fashion_mnist_cgan.yaml"
@@ -39,18 +39,18 @@ def make_step(cfg, batch: int, amp: bool, compile_g: bool) -> Callable[[], None]
     d_loss, g_loss = get_loss(cfg.loss)
     real = torch.rand(batch, 1, 32, 32).mul(2).sub(1).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch,))
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else nullcontext
+    ctx = training_autocast("always" if amp else "off", cpu, warn=False)  # the loop's own context
 
     def step() -> None:
         z = torch.randn(batch, G.z_dim)
-        with ctx():
+        with ctx:
             with torch.no_grad():
                 fake = G_run(z, labels)
             loss = d_loss(D(real, labels).float(), D(fake, labels).float())
         opt_d.zero_grad(set_to_none=True)
         loss.backward()
         opt_d.step()
-        with ctx():
+        with ctx:
             fake = G_run(z, labels)
             loss = g_loss(D(fake, labels).float()) + cfg.mode_seeking * mode_seeking_loss(fake, z, labels)
         opt_g.zero_grad(set_to_none=True)

@@ -27,7 +27,7 @@ CONFIGS = ["configs/fashion_mnist_cgan.yaml", "configs/fashion_mnist_mlp_cgan.ya
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--amp", default="cuda", help="comma-separated autocast modes to compare (default: the configs')")
+    p.add_argument("--amp", default="cuda", help="comma-separated amp modes to compare (default: cuda, the configs' own)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--configs", default=",".join(CONFIGS))
     args = p.parse_args()

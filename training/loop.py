@@ -39,6 +39,8 @@ from .tasks import TASKS
 from .telemetry import Throughput, log_config, log_grid, purge_step
 
 STATE_NAME = "state.pt"
+
+
 def train(cfg: TrainConfig, resume: bool | str = False) -> Path:
     """Train a GAN as configured (class-conditional, or image-to-image when `data.paired` is set);
     returns the exported checkpoint's path. Under torchrun every rank calls this with the same config

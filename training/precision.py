@@ -25,7 +25,7 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
 def training_autocast(mode: str, device: torch.device, warn: bool = True, flags: set[str] | None = None):
     """The context the training step runs in for `amp` = off | cuda | always (bf16 autocast, float32 weights).
     `always` on a CPU whose flags name no bf16 instruction warns once: oneDNN then emulates bf16, and the step
-    ran at 0.11x float32 on an AVX2-only CPU (benchmarks/RESULTS.md, "bf16 autocast for training")."""
+    ran at 0.11x float32 on an AVX2-only CPU (benchmarks/RESULTS.md, "bf16 autocast and torch.compile for training")."""
     if not (mode == "always" or (mode == "cuda" and device.type == "cuda")):
         return nullcontext()
     flags = cpu_flags() if flags is None and device.type == "cpu" else flags

@@ -69,7 +69,7 @@ def test_bf16_autocast_on_the_cpu_is_applied(tmp_path):
     assert any(not torch.equal(pb, pc) for pb, pc in zip(b.state_dict().values(), c.state_dict().values()))
 
 
-@pytest.mark.slow  # 7 min on a CPU without bf16 instructions (emulated), where amp=always is not for use anyway
+@pytest.mark.slow  # 7-9 min on a CPU without bf16 instructions (emulated), where amp=always is not for use anyway
 def test_bf16_autocast_on_the_cpu_still_learns_the_classes(trained, tmp_path):
     _, clf = trained
     bf16 = train_tiny(tmp_path / "bf16", amp="always", device="cpu")
