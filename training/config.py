@@ -103,6 +103,9 @@ class TrainConfig:
     ema_decay: float = 0.999  # generator EMA; effective decay ramps up as min(decay, (1+t)/(10+t))
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    # The G step reuses the first D step's fake batch (one G forward a step instead of two, as PyTorch's DCGAN
+    # example does) rather than drawing fresh z: another RNG stream, so a run with it is a different run
+    share_fake: bool = False
     amp: str = "cuda"  # bf16 autocast of the training step: off | cuda (CUDA only) | always (CPU too); AMP_MODES
     workdir: str = "runs/run"  # logs, TensorBoard, sample grids, resume state
     export: str = "checkpoints/run"  # final checkpoint for serving (EMA generator)
@@ -153,8 +156,9 @@ class TrainConfig:
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers (beta1, beta2), got {list(self.betas)}")
         paired = self.data.paired is not None
-        if not isinstance(self.export_discriminator, bool):
-            raise ValueError(f"export_discriminator must be true or false, got {self.export_discriminator!r}")
+        for name in ("export_discriminator", "share_fake"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if paired and self.diffaugment:
             raise ValueError("diffaugment is not supported for image-to-image training (it would break pairs); "
                              f"got diffaugment={self.diffaugment!r} with data.paired={self.data.paired!r}")

@@ -167,6 +167,7 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
                                  hflip=task.hflip, draws=step_draws(step, cfg.steps, cfg.d_steps, adversarial))
     data_iter = task.batches(sampler)
     penalty = loss_d = r = f = torch.zeros(())
+    shared_fake, shared = cfg.share_fake and adversarial, None  # (fake, z) of the first D step, for the G step
     while step < cfg.steps:
         # one agreement per step: every rank stops at the same step boundary, or none does
         time_up, stopped_by, failed = d.agree([int(budget is not None and time.time() - start >= budget),
@@ -186,8 +187,12 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         for k in range(cfg.d_steps if adversarial else 0):
             cond, real = step_batches[k]
             with amp:
-                with torch.no_grad():
-                    fake, _ = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
+                if shared_fake and k == 0:  # with G's graph: the G step below backpropagates through it
+                    shared = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
+                    fake = shared[0].detach()
+                else:
+                    with torch.no_grad():
+                        fake, _ = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
                 r = D_run(aug(real), cond).float()
                 f = D_run(aug(fake), cond).float()
                 loss_d = d_loss_fn(r, f)
@@ -205,7 +210,8 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         # averaging them over the ranks would be wasted communication.
         cond, real = step_batches[0]
         with amp:
-            fake, z = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
+            fake, z = shared if shared is not None else task.fake(G_run, cond, task.noise(G, noise_gen, rows))
+            shared = None
             loss_fm = torch.zeros((), device=device)
             if not adversarial:
                 loss_adv = torch.zeros((), device=device)

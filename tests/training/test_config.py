@@ -39,6 +39,7 @@ def test_bad_overrides_name_the_key(override, match):
     ("generator.architecture=Transformer", "generator.architecture must be one of"),
     ("steps=0", "steps must be a number >= 1, got 0"),
     ("ema_decay=1.5", "ema_decay must be in [0, 1)"),
+    ("share_fake=sometimes", "share_fake must be true or false, got 'sometimes'"),
 ])
 def test_bad_fields_are_named_with_their_allowed_values(override, message):
     with pytest.raises(ValueError) as e:

@@ -126,6 +126,17 @@ def test_two_ranks_give_the_one_rank_weights(two_ranks, initial):
     assert len(two_state["rng_other_ranks"]) == 1  # rank 1's own random stream is part of the state
 
 
+def test_shared_fakes_on_two_ranks_give_the_one_rank_weights(tmp_path, initial):
+    # share_fake keeps G's graph (through DDP's forward) across D's DDP step: still the one-process run
+    proc = torchrun(["train", str(write_config(tmp_path, "two", share_fake=True))])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = train_tiny(tmp_path / "one", **{**SHORT, "share_fake": True})
+    two_state, one_state = read_state(tmp_path / "two" / "run"), read_state(one.parent / "run")
+    assert torch.equal(two_state["noise_rng"], one_state["noise_rng"])
+    for key in ("G", "D"):
+        assert update_diff(two_state[key], one_state[key], initial[key]) < UPDATE_TOL, key
+
+
 def test_the_ranks_shards_are_disjoint_and_cover_the_data_over_an_epoch():
     n, batch = 96, 16
     ranks = [GlobalBatchSampler(n, batch, seed=3, rank=r, world_size=2) for r in range(2)]

@@ -44,12 +44,13 @@ def test_run_folder_holds_config_grids_state_and_tensorboard(trained):
     assert meta["provenance"]["steps"] == 900 and meta["provenance"]["dataset"] == "shapes"
 
 
-@pytest.mark.parametrize("amp", ["cuda", "always"])  # float32 on the CPU, and bf16 autocast on the CPU
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, amp):
+# float32 on the CPU, bf16 autocast on the CPU, and the G step on the D step's fakes
+@pytest.mark.parametrize("amp,share_fake", [("cuda", False), ("always", False), ("cuda", True)])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, amp, share_fake):
     # on the CPU: CUDA's embedding backward accumulates with atomics, so two CUDA runs differ in the last bits
     # whether or not they were interrupted
     run = {"state_every": 3, "batch_size": 8, "diffaugment": "translation", "lr_decay_steps": 4, "device": "cpu",
-           "amp": amp}
+           "amp": amp, "share_fake": share_fake}
     straight = train_tiny(tmp_path / "a", steps=6, **run)
     # "interrupted" after 3 steps (the last resume state), then continued with --resume; the learning-rate
     # decay (steps 2..5) spans the interruption and must follow the same schedule
@@ -74,6 +75,18 @@ def test_bf16_autocast_on_the_cpu_still_learns_the_classes(trained, tmp_path):
     _, clf = trained
     bf16 = train_tiny(tmp_path / "bf16", amp="always", device="cpu")
     assert conditional_accuracy(bf16, clf) > 0.6
+
+
+def test_share_fake_draws_one_noise_batch_a_step_and_still_learns_the_classes(trained, tmp_path):
+    _, clf = trained
+    shared = train_tiny(tmp_path / "shared", share_fake=True)
+    assert conditional_accuracy(shared, clf) > 0.6  # the untrained baseline: ~0.25 (test above)
+    # the G step took the D step's z instead of drawing its own: the noise stream moved one batch a step, not two
+    gen = torch.Generator().manual_seed(1)  # the loop's noise stream: seed + 1
+    for _ in range(900):
+        torch.randn(32, 32, generator=gen)
+    state = torch.load(tmp_path / "shared" / "run" / "state.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(state["noise_rng"], gen.get_state())
 
 
 def test_lr_decay_is_linear_to_zero_over_the_last_steps():
