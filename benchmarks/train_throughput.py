@@ -1,7 +1,7 @@
 """Training throughput (images/s through G+D per second of wall clock) of the bundled configs on this machine.
 
 Run by hand, alone on the machine:  .venv/bin/python -m benchmarks.train_throughput [--steps 60] [--amp off,always]
-    [--variant "" --variant "channels_last=true share_fake=true"]
+    [--variant "" --variant "share_fake=true"]
 Each config trains `steps` steps into a temporary folder and reports the loop's own count, as stored in the
 checkpoint's provenance: images through the networks (batch_size * (d_steps + 1) per step) per loop second.
 `--amp` runs each config once per autocast mode (training.config.AMP_MODES), and `--variant` (repeatable) once per
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--amp", default="cuda", help="comma-separated amp modes to compare (default: cuda, the configs' own)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--variant", action="append", help='space-separated overrides, e.g. "channels_last=true" '
+    p.add_argument("--variant", action="append", help='space-separated overrides, e.g. "share_fake=true batch_size=32" '
                    '(repeatable; default: one variant, the config as it is)')
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")

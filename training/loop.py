@@ -187,12 +187,10 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         for k in range(cfg.d_steps if adversarial else 0):
             cond, real = step_batches[k]
             with amp:
-                if shared_fake and k == 0:  # with G's graph: the G step below backpropagates through it
-                    shared = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
-                    fake = shared[0].detach()
-                else:
-                    with torch.no_grad():
-                        fake, _ = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
+                with torch.set_grad_enabled(shared_fake and k == 0):  # kept with G's graph for the G step
+                    fake_z = task.fake(G_run, cond, task.noise(G, noise_gen, rows))
+                shared = fake_z if shared_fake and k == 0 else shared
+                fake = fake_z[0].detach()
                 r = D_run(aug(real), cond).float()
                 f = D_run(aug(fake), cond).float()
                 loss_d = d_loss_fn(r, f)
@@ -210,8 +208,7 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         # averaging them over the ranks would be wasted communication.
         cond, real = step_batches[0]
         with amp:
-            fake, z = shared if shared is not None else task.fake(G_run, cond, task.noise(G, noise_gen, rows))
-            shared = None
+            fake, z = shared if shared_fake else task.fake(G_run, cond, task.noise(G, noise_gen, rows))
             loss_fm = torch.zeros((), device=device)
             if not adversarial:
                 loss_adv = torch.zeros((), device=device)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import load
-from tests.training.helpers import shapes_classifier, train_tiny
+from tests.training.helpers import TINY_SHAPES_RUN, shapes_classifier, train_tiny
 from training.evaluate import embed
 from training.optim import lr_scale
 from training.sample import sample_arrays
@@ -83,8 +83,8 @@ def test_share_fake_draws_one_noise_batch_a_step_and_still_learns_the_classes(tr
     assert conditional_accuracy(shared, clf) > 0.6  # the untrained baseline: ~0.25 (test above)
     # the G step took the D step's z instead of drawing its own: the noise stream moved one batch a step, not two
     gen = torch.Generator().manual_seed(1)  # the loop's noise stream: seed + 1
-    for _ in range(900):
-        torch.randn(32, 32, generator=gen)
+    for _ in range(TINY_SHAPES_RUN["steps"]):
+        torch.randn(TINY_SHAPES_RUN["batch_size"], TINY_SHAPES_RUN["generator"]["z_dim"], generator=gen)
     state = torch.load(tmp_path / "shared" / "run" / "state.pt", map_location="cpu", weights_only=True)
     assert torch.equal(state["noise_rng"], gen.get_state())
 
