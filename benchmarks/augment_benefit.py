@@ -22,8 +22,11 @@ and, with --recipes, the recipes of the literature at every --sizes N (issue 20)
                     bundled classifier by default: a different network from the one each row trains and tests)
   dfiltered:a       the same from the pool filtered by the run's own discriminator (the top --d-keep fraction of
                     each class by D's logit; the checkpoint must have been exported with its discriminator)
+  KIND:a:anneal     mix, filtered or dfiltered with the synthetic fraction falling linearly from a on the first
+                    batch to 0 on the last (synthetic early, real at the end, in one run and one schedule)
   pretrain          half the steps on the synthetic pool, then half on the real images (a fresh optimiser and
-                    schedule for each half: the same total compute)
+                    schedule for each half: the same total compute); pretrain:filtered / pretrain:dfiltered
+                    pretrain on that filtered pool instead
 Synthetic images come from npz jobs of `augment` (the engine of `ganforge augment` and the service's jobs,
 with its sample selection for the filtered pool), cached and resumable under --cache; every seed draws its own
 subset of that pool. The fixed 1:r rows draw batches uniformly from the union (a fraction r/(1+r) synthetic).
@@ -85,15 +88,16 @@ def uniform(images, labels, batch_size: int):
     return sampler
 
 
-def mixed(real, syn, fraction: float, batch_size: int):
+def mixed(real, syn, fraction: float, batch_size: int, anneal: bool = False):
     """Batches of round(fraction * batch_size) synthetic rows (uniform over the pool, balanced by class as the
-    pool is) and the rest real (uniform over the real subset, balanced by class as the subset is)."""
+    pool is) and the rest real (uniform over the real subset, balanced by class as the subset is). `anneal`:
+    the fraction falls linearly from `fraction` on the first batch to 0 on the last."""
     import torch
 
-    k = int(round(fraction * batch_size))
-
     def sampler(gen, steps):
-        for _ in range(steps):
+        for t in range(steps):
+            share = fraction * (1 - t / max(steps - 1, 1)) if anneal else fraction
+            k = int(round(share * batch_size))
             r = torch.randint(len(real[0]), (batch_size - k,), generator=gen)
             s = torch.randint(len(syn[0]), (k,), generator=gen)
             yield torch.cat([real[0][r], syn[0][s]]), torch.cat([real[1][r], syn[1][s]])
@@ -136,10 +140,36 @@ def synthetic_pool(checkpoint: str, per_class: int, cache: Path, seed: int, trun
     return data["images"], data["labels"], summary
 
 
+RECIPES_ALLOWED = "mix:A, filtered:A, dfiltered:A (each optionally :anneal), pretrain[:filtered|:dfiltered]"
+
+
+def _recipe_row(recipe: str, n: int) -> dict:
+    """A --recipes entry -> its row's name and training recipe (see the module docstring)."""
+    parts = recipe.split(":")
+    kind, rest = parts[0], parts[1:]
+    pool = {"pool": rest[0]} if kind == "pretrain" and rest else {}
+    if kind == "pretrain" and (not rest or (len(rest) == 1 and rest[0] in ("filtered", "dfiltered"))):
+        label = f"{rest[0]} syn" if rest else "syn"
+        return {"name": f"real {n}: pretrain {label}, finetune", "recipe": "pretrain", **pool}
+    if kind in POOL_LABELS and len(rest) in (1, 2) and (len(rest) == 1 or rest[1] == "anneal"):
+        try:
+            a = float(rest[0])
+        except ValueError:
+            a = -1.0
+        if 0 < a <= 1:
+            anneal = len(rest) == 2
+            return {"name": f"real {n} + {POOL_LABELS[kind]} {a:g}" + ("→0" if anneal else ""), "recipe": "mix",
+                    "fraction": a, **({"anneal": True} if anneal else {}),
+                    **({"pool": kind} if kind != "mix" else {})}
+    raise ValueError(f"unknown recipe {recipe!r}; allowed: {RECIPES_ALLOWED} (0 < A <= 1)")
+
+
 def conditions(sizes: list[int], ratios: list[float], syn_only: list[int], full: bool,
                recipes: list[str] = (), pool: int = 0) -> list[dict]:
     """The rows to train. `recipes`: mix:A (a fraction A of every batch from the pool), filtered:A / dfiltered:A
-    (the same from the classifier- / discriminator-filtered pool), pretrain; `ratios` (fixed 1:r sets) only where the real set is below 1000."""
+    (the same from the classifier- / discriminator-filtered pool), any of them with :anneal (the fraction falls
+    from A to 0 over the run), pretrain[:filtered|:dfiltered]; `ratios` (fixed 1:r sets) only where the real set
+    is below 1000."""
     out = []
     for n in sizes:
         out.append({"name": f"real {n}", "real": n, "syn": 0, "recipe": "union"})
@@ -147,17 +177,9 @@ def conditions(sizes: list[int], ratios: list[float], syn_only: list[int], full:
             out += [{"name": f"real {n} + syn 1:{r:g}", "real": n, "syn": int(round(r * n)), "recipe": "union"}
                     for r in ratios]
         for recipe in recipes:
-            kind, _, a = recipe.partition(":")
-            if kind == "pretrain":
-                out.append({"name": f"real {n}: pretrain syn, finetune", "real": n, "syn": pool,
-                            "recipe": "pretrain"})
-            elif kind in POOL_LABELS:
-                out.append({"name": f"real {n} + {POOL_LABELS[kind]} {float(a):g}", "real": n, "syn": pool,
-                            "recipe": "mix", "fraction": float(a), **({"pool": kind} if kind != "mix" else {})})
-            else:
-                raise ValueError(f"unknown recipe {recipe!r}; allowed: mix:A, filtered:A, dfiltered:A, pretrain")
+            out.append({"real": n, "syn": pool, **_recipe_row(recipe, n)})
     out += [{"name": f"syn only {m}", "real": 0, "syn": m, "recipe": "union"} for m in syn_only]
-    for kind in dict.fromkeys(r.partition(":")[0] for r in recipes):
+    for kind in dict.fromkeys(_recipe_row(r, 0).get("pool") for r in recipes):
         if kind in ("filtered", "dfiltered"):
             out += [{"name": f"{kind} syn only {m}", "real": 0, "syn": m, "recipe": "union", "pool": kind}
                     for m in syn_only]
@@ -206,7 +228,7 @@ def benefit(args: argparse.Namespace) -> dict:
                 syn = (images[idx], labels[idx])
             B, steps = args.batch_size, args.steps
             if cond["recipe"] == "mix":
-                stages = [(mixed(real, syn, cond["fraction"], B), steps)]
+                stages = [(mixed(real, syn, cond["fraction"], B, cond.get("anneal", False)), steps)]
             elif cond["recipe"] == "pretrain":
                 stages = [(uniform(*syn, B), steps // 2), (uniform(*real, B), steps - steps // 2)]
             else:
@@ -347,8 +369,8 @@ def main() -> None:
     p.add_argument("--syn-only", type=lambda s: [int(x) for x in s.split(",") if x], default=[1000, 4000],
                    help="synthetic images per class for the synthetic-only (CAS) rows")
     p.add_argument("--no-full", action="store_true", help="skip the full real training set row")
-    p.add_argument("--recipes", default="", help="comma-separated: mix:A, filtered:A, pretrain (A: the synthetic "
-                                                 "fraction of every batch; see the docstring)")
+    p.add_argument("--recipes", default="", help=f"comma-separated: {RECIPES_ALLOWED} (A: the synthetic fraction "
+                                                 "of every batch; see the docstring)")
     p.add_argument("--pool-per-class", type=int, default=4000, help="synthetic pool size per class for the recipes")
     p.add_argument("--filter", default=str(ROOT / "checkpoints" / "fashion_mnist_classifier"),
                    help="classifier checkpoint of the filtered pool")

@@ -38,3 +38,26 @@ def test_mixed_batches_hold_the_stated_synthetic_fraction_and_uniform_covers_its
         assert torch.equal(images[labels == 1], torch.full((16, 1, 4, 4), 255, dtype=torch.uint8))
     seen = torch.cat([y for _, y in uniform(*syn, 64)(torch.Generator().manual_seed(1), 3)])
     assert len(seen) == 192 and bool((seen == 1).all())
+
+
+def test_annealed_and_filtered_pretrain_recipes_name_their_pool_and_bad_ones_are_refused():
+    plan = conditions([200], [], [], False, ["filtered:0.5:anneal", "mix:0.3:anneal", "pretrain:filtered",
+                                             "pretrain"], 4000)
+    assert [(c["name"], c["recipe"], c.get("pool"), c.get("anneal", False)) for c in plan] == [
+        ("real 200", "union", None, False),
+        ("real 200 + filtered mix 0.5→0", "mix", "filtered", True),
+        ("real 200 + mix 0.3→0", "mix", None, True),
+        ("real 200: pretrain filtered syn, finetune", "pretrain", "filtered", False),
+        ("real 200: pretrain syn, finetune", "pretrain", None, False)]
+    for bad in ("filtered:0.5:slow", "mix", "mix:2", "mix:x", "pretrain:mix", "pretrain:filtered:0.5",
+                "anneal:0.5"):
+        with pytest.raises(ValueError, match=f"unknown recipe '{bad}'; allowed: mix:A"):
+            conditions([50], [], [], False, [bad])
+
+
+def test_an_annealed_mix_falls_linearly_from_the_stated_fraction_to_no_synthetic_row():
+    real = (torch.zeros(30, 1, 4, 4, dtype=torch.uint8), torch.zeros(30, dtype=torch.long))
+    syn = (torch.full((500, 1, 4, 4), 255, dtype=torch.uint8), torch.ones(500, dtype=torch.long))
+    batches = list(mixed(real, syn, 0.5, 64, anneal=True)(torch.Generator().manual_seed(0), 5))
+    assert [int((labels == 1).sum()) for _, labels in batches] == [32, 24, 16, 8, 0]
+    assert all(images.shape == (64, 1, 4, 4) for images, _ in batches)

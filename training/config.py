@@ -114,6 +114,9 @@ class TrainConfig:
     log_every: int = 25
     sample_every: int = 500
     state_every: int = 500
+    # Keep G's raw weights every N steps (and at steps 0 and the last) in workdir/snapshots/G_<step>.safetensors,
+    # for an EMA of any decay after the run (benchmarks/posthoc_ema.py); 0 = off. ~6 MB each for the bundled G.
+    snapshot_every: int = 0
     grid_columns: int = 10
     collapse_check_every: int = 0  # steps between mode-collapse checks (0 = off); needs `classifier`
     collapse_threshold: float = 0.5  # alarm when a class's diversity ratio falls below this
@@ -150,7 +153,7 @@ class TrainConfig:
         _at_least(self, 1, "batch_size", "steps", "d_steps", "log_every", "sample_every", "state_every",
                   "grid_columns")
         _at_least(self, 0, "adversarial_weight", "l1_weight", "feature_matching", "r1_gamma", "gp_lambda",
-                  "mode_seeking", "lr_d", "lr_g", "lr_decay_steps", "collapse_check_every")
+                  "mode_seeking", "lr_d", "lr_g", "lr_decay_steps", "collapse_check_every", "snapshot_every")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if len(self.betas) != 2:

@@ -1,10 +1,42 @@
 """The generator's exponential moving average and the BatchNorm statistics that go with its weights."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The decay of the update made at `step` (0-based, before the step count moves on): warmed up as
+    min(decay, (1 + step) / (10 + step)), so early weights do not linger."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def posthoc_ema(snapshots: Iterable[tuple[int, dict[str, torch.Tensor]]], decay: float,
+                names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The EMA of decay `decay` of the tensors `names` (G's parameters) at the last of `snapshots` (step, raw
+    state dict), in step order from step 0, as the training loop would have kept it: the updates of the steps
+    between two snapshots all take the later snapshot's weights (exact for a snapshot every step)."""
+    names, ema, last = list(names), None, 0
+    for step, state in snapshots:
+        if ema is None:
+            if step != 0:
+                raise ValueError(f"post-hoc EMA needs the step-0 snapshot first; got step {step}")
+            ema = {n: state[n].detach().clone().float() for n in names}
+            continue
+        if step <= last:
+            raise ValueError(f"snapshots must come in increasing step order; got {step} after {last}")
+        keep = 1.0
+        for t in range(last, step):
+            keep *= ema_decay_at(t, decay)
+        for n in names:
+            ema[n].lerp_(state[n].float(), 1.0 - keep)
+        last = step
+    if ema is None:
+        raise ValueError("post-hoc EMA needs at least one snapshot")
+    return ema
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from .diffaugment import diff_augment
 from .discriminator import save_discriminator
 from .distributed import (Dist, Interrupted, MainWrites, StopSignals, local_device, prepare, process_group, read_state,
                           rng_restore, rng_snapshot, seed_rank_stream, world_from_env)
-from .ema import ema_update
+from .ema import ema_decay_at, ema_update
 from .loader import GlobalBatchSampler, step_draws
 from .losses import feature_matching, get_loss
 from .optim import grad_norm, lr_scale
@@ -39,6 +39,7 @@ from .tasks import TASKS
 from .telemetry import Throughput, log_config, log_grid, purge_step
 
 STATE_NAME = "state.pt"
+SNAPSHOTS = "snapshots"  # the workdir's folder of raw G weights (snapshot_every)
 
 
 def train(cfg: TrainConfig, resume: bool | str = False) -> Path:
@@ -136,6 +137,9 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         task.save_grid(G_ema, grid_meta, path)
         log_grid(writer, path, step)
 
+    def save_snapshot() -> None:  # G's raw weights, for a post-hoc EMA of any decay (benchmarks/posthoc_ema.py)
+        save(G, workdir / SNAPSHOTS / f"G_{step:07d}.safetensors", task.metadata(step, {}))
+
     def collapse_check() -> str | None:
         """Rank 0: check, log, and return the verdict: None (fine), "warn", "stop" or "rollback"."""
         if monitor is None:  # no domain classifier: the check was switched off with a warning at start
@@ -168,6 +172,8 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
     data_iter = task.batches(sampler)
     penalty = loss_d = r = f = torch.zeros(())
     shared_fake, shared = cfg.share_fake and adversarial, None  # (fake, z) of the first D step, for the G step
+    if cfg.snapshot_every and step == 0:
+        writes(save_snapshot)  # the EMA's starting point
     while step < cfg.steps:
         # one agreement per step: every rank stops at the same step boundary, or none does
         time_up, stopped_by, failed = d.agree([int(budget is not None and time.time() - start >= budget),
@@ -226,7 +232,7 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         loss_g.backward()
         g_grad = grad_norm(G)  # of the rank-averaged gradient: the same on every rank
         opt_g.step()
-        ema_update(G_ema, G, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        ema_update(G_ema, G, ema_decay_at(step, cfg.ema_decay))
         step += 1
         images_seen += cfg.batch_size * ((cfg.d_steps if adversarial else 0) + 1)
         train_seconds = time.time() - start
@@ -246,6 +252,8 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
                             refresh=False, **{"img/s(steps×batch)": f"{ips:.0f}"})  # over the last interval
         if step % cfg.sample_every == 0 or step == cfg.steps:
             writes(save_grid)
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            writes(save_snapshot)
         if cfg.collapse_check_every > 0 and step % cfg.collapse_check_every == 0:
             verdict = d.broadcast(writes(collapse_check))  # rank 0 decides; every rank acts on it
             if verdict == "rollback" and last_good is not None:
@@ -262,6 +270,8 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
     bar.close()
     writes(lambda: writer.close())
     save_state()
+    if cfg.snapshot_every and step % cfg.snapshot_every:
+        writes(save_snapshot)  # the last step (the time budget or a signal can stop between snapshots)
     writes.check(bool(d.agree([int(writes.error is not None)])[0]))
     if stopped_by:
         name = signal.Signals(stopped_by).name

@@ -1,0 +1,84 @@
+"""Generators a run did not export: its raw training weights, and EMAs of other decays computed after the run
+from its weight snapshots (`snapshot_every`). Each is written as a checkpoint (BatchNorm statistics
+recalibrated as the export's are) that `ganforge evaluate` reads. Run by hand:
+
+    .venv/bin/python -m benchmarks.posthoc_ema runs/X runs/X_posthoc --decays 0.999,0.9995,0.9998
+        # -> runs/X_posthoc/ema0.999, ...; needs a run trained with --set snapshot_every=N (N ~ 1-2 % of the steps)
+    .venv/bin/python -m benchmarks.posthoc_ema runs/X runs/X_posthoc --raw
+        # -> runs/X_posthoc/raw: G's weights in the run's resume state (any run)
+    .venv/bin/ganforge evaluate runs/X_posthoc/ema0.9995 --seed 0 --json report.json
+
+A snapshot every N steps stands for the N steps that end at it, so a post-hoc EMA matches the online one up to
+the weights' drift within N steps (exactly, for N = 1; tests/test_posthoc_ema.py).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from models.checkpoint import load, save
+from training.config import load_config
+from training.ema import posthoc_ema
+from training.loop import SNAPSHOTS, STATE_NAME
+from training.tasks import CONDITIONAL, TASKS
+
+
+def _save_recalibrated(run: Path, G: torch.nn.Module, meta: dict, out: Path, note: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    TASKS[CONDITIONAL](load_config(run / "config.yaml"), torch.device("cpu")).recalibrate(G, batches=32)
+    return save(G, out, {**meta, "note": note})
+
+
+def export_raw(run: Path, out: Path, seed: int = 0) -> Path:
+    """G's raw weights from the run's resume state."""
+    G, meta = load(load_config(run / "config.yaml").export)  # the architecture and metadata of the export
+    state = torch.load(run / STATE_NAME, map_location="cpu", weights_only=True)
+    G.load_state_dict(state["G"])
+    return _save_recalibrated(run, G, meta, out, f"raw generator (no EMA) of {run / STATE_NAME} at step "
+                                                 f"{state['step']}", seed)
+
+
+def snapshots(run: Path) -> list[tuple[int, Path]]:
+    found = sorted((int(p.stem.split("_")[1]), p) for p in (run / SNAPSHOTS).glob("G_*.safetensors"))
+    if not found:
+        raise SystemExit(f"no snapshots in {run / SNAPSHOTS}: train with --set snapshot_every=N")
+    return found
+
+
+def export_posthoc(run: Path, decay: float, out: Path, seed: int = 0) -> Path:
+    """The EMA of `decay` at the run's last snapshot."""
+    found = snapshots(run)
+    last_step, last = found[-1]
+    G, meta = load(last)
+    names = [n for n, _ in G.named_parameters()]
+    ema = posthoc_ema(((s, load_file(str(p))) for s, p in found), decay, names)
+    G.load_state_dict({**load_file(str(last)), **ema})
+    every = found[1][0] - found[0][0] if len(found) > 1 else 0
+    return _save_recalibrated(run, G, meta, out, f"post-hoc EMA {decay:g} at step {last_step} from "
+                                                 f"{len(found)} snapshots (every {every} steps)", seed)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="the run's workdir (config.yaml, resume state, snapshots/)")
+    p.add_argument("out", type=Path, help="folder for the checkpoints: raw/, ema<decay>/")
+    p.add_argument("--decays", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
+                   help="comma-separated EMA decays in [0, 1)")
+    p.add_argument("--raw", action="store_true", help="also the raw G of the resume state")
+    args = p.parse_args()
+    if not args.decays and not args.raw:
+        p.error("nothing to export: give --decays and/or --raw")
+    for decay in args.decays:
+        if not 0 <= decay < 1:
+            p.error(f"--decays: {decay} is not in [0, 1)")
+    if args.raw:
+        print(export_raw(args.run, args.out / "raw"))
+    for decay in args.decays:
+        print(export_posthoc(args.run, decay, args.out / f"ema{decay:g}"))
+
+
+if __name__ == "__main__":
+    main()
