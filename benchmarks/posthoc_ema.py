@@ -14,6 +14,7 @@ the weights' drift within N steps (exactly, for N = 1; tests/test_posthoc_ema.py
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -42,7 +43,12 @@ def export_raw(run: Path, out: Path, seed: int = 0) -> Path:
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the run's snapshots up to its exported step (a rollback by the collapse alarm exports an
+    earlier step than the last snapshot written)."""
     found = sorted((int(p.stem.split("_")[1]), p) for p in (run / SNAPSHOTS).glob("G_*.safetensors"))
+    exported = run / "export.json"
+    if exported.exists():
+        found = [(s, p) for s, p in found if s <= json.loads(exported.read_text())["step"]]
     if not found:
         raise SystemExit(f"no snapshots in {run / SNAPSHOTS}: train with --set snapshot_every=N")
     return found

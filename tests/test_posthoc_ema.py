@@ -1,10 +1,13 @@
 """Weight snapshots (`snapshot_every`) and the generators built from them after a run (benchmarks/posthoc_ema.py):
 a post-hoc EMA from a snapshot every step is the online EMA, and the raw export holds the training weights."""
+import json
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.posthoc_ema import export_posthoc, export_raw
+from benchmarks.posthoc_ema import export_posthoc, export_raw, snapshots
 from models import load
 from tests.training.helpers import tiny_run, train_tiny
 from training.config import from_dict
@@ -65,3 +68,12 @@ def test_snapshot_every_is_validated_and_off_by_default(tmp_path):
     assert from_dict(tiny_run(tmp_path)).snapshot_every == 0
     with pytest.raises(ValueError, match="snapshot_every"):
         from_dict(tiny_run(tmp_path, snapshot_every=-1))
+
+
+def test_snapshots_past_the_exported_step_are_left_out(snapped, tmp_path):
+    tmp, _ = snapped
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    assert snapshots(run)[-1][0] == 12
+    (run / "export.json").write_text(json.dumps({"export": "x", "step": 8, "stopped_early": "mode collapse"}))
+    assert [s for s, _ in snapshots(run)] == list(range(9))
