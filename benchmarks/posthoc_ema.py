@@ -27,19 +27,24 @@ from training.loop import SNAPSHOTS, STATE_NAME
 from training.tasks import CONDITIONAL, TASKS
 
 
-def _save_recalibrated(run: Path, G: torch.nn.Module, meta: dict, out: Path, note: str, seed: int) -> Path:
+def _save_recalibrated(task, G: torch.nn.Module, meta: dict, out: Path, note: str, seed: int) -> Path:
     torch.manual_seed(seed)
-    TASKS[CONDITIONAL](load_config(run / "config.yaml"), torch.device("cpu")).recalibrate(G, batches=32)
+    task.recalibrate(G, batches=32)
     return save(G, out, {**meta, "note": note})
 
 
-def export_raw(run: Path, out: Path, seed: int = 0) -> Path:
+def _task(run: Path):
+    """The run's task (its dataset), for the BatchNorm recalibration."""
+    return TASKS[CONDITIONAL](load_config(run / "config.yaml"), torch.device("cpu"))
+
+
+def export_raw(run: Path, out: Path, seed: int = 0, task=None) -> Path:
     """G's raw weights from the run's resume state."""
     G, meta = load(load_config(run / "config.yaml").export)  # the architecture and metadata of the export
     state = torch.load(run / STATE_NAME, map_location="cpu", weights_only=True)
     G.load_state_dict(state["G"])
-    return _save_recalibrated(run, G, meta, out, f"raw generator (no EMA) of {run / STATE_NAME} at step "
-                                                 f"{state['step']}", seed)
+    return _save_recalibrated(task or _task(run), G, meta, out, f"raw generator (no EMA) of {run / STATE_NAME} "
+                                                                f"at step {state['step']}", seed)
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
@@ -54,17 +59,20 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def export_posthoc(run: Path, decay: float, out: Path, seed: int = 0) -> Path:
-    """The EMA of `decay` at the run's last snapshot."""
+def export_posthoc(run: Path, decays: list[float], out: Path, seed: int = 0, task=None) -> list[Path]:
+    """The EMAs of `decays` at the run's last snapshot, one pass over the snapshots: out/ema<decay> each."""
     found = snapshots(run)
     last_step, last = found[-1]
     G, meta = load(last)
     names = [n for n, _ in G.named_parameters()]
-    ema = posthoc_ema(((s, load_file(str(p))) for s, p in found), decay, names)
-    G.load_state_dict({**load_file(str(last)), **ema})
+    emas = posthoc_ema(((s, load_file(str(p))) for s, p in found), decays, names)
     every = found[1][0] - found[0][0] if len(found) > 1 else 0
-    return _save_recalibrated(run, G, meta, out, f"post-hoc EMA {decay:g} at step {last_step} from "
-                                                 f"{len(found)} snapshots (every {every} steps)", seed)
+    task, raw, paths = task or _task(run), load_file(str(last)), []
+    for decay, ema in emas.items():
+        G.load_state_dict({**raw, **ema})
+        paths.append(_save_recalibrated(task, G, meta, out / f"ema{decay:g}", f"post-hoc EMA {decay:g} at step "
+                                        f"{last_step} from {len(found)} snapshots (every {every} steps)", seed))
+    return paths
 
 
 def main() -> None:
@@ -80,10 +88,11 @@ def main() -> None:
     for decay in args.decays:
         if not 0 <= decay < 1:
             p.error(f"--decays: {decay} is not in [0, 1)")
+    task = _task(args.run)
     if args.raw:
-        print(export_raw(args.run, args.out / "raw"))
-    for decay in args.decays:
-        print(export_posthoc(args.run, decay, args.out / f"ema{decay:g}"))
+        print(export_raw(args.run, args.out / "raw", task=task))
+    if args.decays:
+        print(*export_posthoc(args.run, args.decays, args.out, task=task), sep="\n")
 
 
 if __name__ == "__main__":

@@ -29,10 +29,14 @@ def test_a_snapshot_every_step_gives_back_the_online_ema_exactly(snapped):
     steps = sorted(int(p.stem.split("_")[1]) for p in (tmp / "run" / "snapshots").glob("G_*.safetensors"))
     assert steps == list(range(13))  # step 0 (the EMA's start) to the last
     online, _ = load(ema_path)
-    posthoc, meta = load(export_posthoc(tmp / "run", 0.9, tmp / "posthoc"))
+    paths = export_posthoc(tmp / "run", [0.9, 0.5], tmp / "posthoc")  # several decays, one pass
+    assert [p.parent.name for p in paths] == ["ema0.9", "ema0.5"]
+    posthoc, meta = load(paths[0])
     for name, p in _params(online).items():
         assert torch.equal(_params(posthoc)[name], p), name
     assert "post-hoc EMA 0.9 at step 12 from 13 snapshots" in meta["note"]
+    other, _ = load(paths[1])
+    assert any(not torch.equal(_params(other)[n], p) for n, p in _params(online).items())
 
 
 def test_sparse_snapshots_approximate_the_ema_and_the_step_zero_one_is_required(snapped):
@@ -40,15 +44,15 @@ def test_sparse_snapshots_approximate_the_ema_and_the_step_zero_one_is_required(
     run = tmp / "run" / "snapshots"
     names = list(_params(load(ema_path)[0]))
     pick = [0, 4, 8, 12]
-    exact = posthoc_ema(((s, load_file(str(run / f"G_{s:07d}.safetensors"))) for s in range(13)), 0.9, names)
-    sparse = posthoc_ema(((s, load_file(str(run / f"G_{s:07d}.safetensors"))) for s in pick), 0.9, names)
+    exact = posthoc_ema(((s, load_file(str(run / f"G_{s:07d}.safetensors"))) for s in range(13)), [0.9], names)[0.9]
+    sparse = posthoc_ema(((s, load_file(str(run / f"G_{s:07d}.safetensors"))) for s in pick), [0.9], names)[0.9]
     final = load_file(str(run / "G_0000012.safetensors"))
     for n in names:  # closer to the exact EMA than the last raw weights are
         assert (sparse[n] - exact[n]).norm() <= (final[n] - exact[n]).norm() + 1e-12, n
     with pytest.raises(ValueError, match="step-0 snapshot first; got step 4"):
-        posthoc_ema(((s, load_file(str(run / f"G_{s:07d}.safetensors"))) for s in pick[1:]), 0.9, names)
+        posthoc_ema(((s, load_file(str(run / f"G_{s:07d}.safetensors"))) for s in pick[1:]), [0.9], names)
     with pytest.raises(ValueError, match="increasing step order; got 4 after 8"):
-        posthoc_ema(((s, load_file(str(run / f"G_{s:07d}.safetensors"))) for s in [0, 8, 4]), 0.9, names)
+        posthoc_ema(((s, load_file(str(run / f"G_{s:07d}.safetensors"))) for s in [0, 8, 4]), [0.9], names)
 
 
 def test_the_raw_export_holds_the_training_weights_not_the_ema(snapped):

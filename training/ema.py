@@ -14,29 +14,31 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 
 @torch.no_grad()
-def posthoc_ema(snapshots: Iterable[tuple[int, dict[str, torch.Tensor]]], decay: float,
-                names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """The EMA of decay `decay` of the tensors `names` (G's parameters) at the last of `snapshots` (step, raw
-    state dict), in step order from step 0, as the training loop would have kept it: the updates of the steps
-    between two snapshots all take the later snapshot's weights (exact for a snapshot every step)."""
-    names, ema, last = list(names), None, 0
+def posthoc_ema(snapshots: Iterable[tuple[int, dict[str, torch.Tensor]]], decays: Iterable[float],
+                names: Iterable[str]) -> dict[float, dict[str, torch.Tensor]]:
+    """{decay: the EMA of that decay of the tensors `names` (G's parameters)} at the last of `snapshots` (step,
+    raw state dict), in step order from step 0, as the training loop would have kept it, in one pass over the
+    snapshots: the updates of the steps between two snapshots all take the later snapshot's weights (exact for a
+    snapshot every step)."""
+    names, decays, emas, last = list(names), list(decays), None, 0
     for step, state in snapshots:
-        if ema is None:
+        if emas is None:
             if step != 0:
                 raise ValueError(f"post-hoc EMA needs the step-0 snapshot first; got step {step}")
-            ema = {n: state[n].detach().clone().float() for n in names}
+            emas = {d: {n: state[n].detach().clone().float() for n in names} for d in decays}
             continue
         if step <= last:
             raise ValueError(f"snapshots must come in increasing step order; got {step} after {last}")
-        keep = 1.0
-        for t in range(last, step):
-            keep *= ema_decay_at(t, decay)
-        for n in names:
-            ema[n].lerp_(state[n].float(), 1.0 - keep)
+        for decay, ema in emas.items():
+            keep = 1.0
+            for t in range(last, step):
+                keep *= ema_decay_at(t, decay)
+            for n in names:
+                ema[n].lerp_(state[n].float(), 1.0 - keep)
         last = step
-    if ema is None:
+    if emas is None:
         raise ValueError("post-hoc EMA needs at least one snapshot")
-    return ema
+    return emas
 
 
 @torch.no_grad()
