@@ -38,6 +38,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -143,24 +144,20 @@ def synthetic_pool(checkpoint: str, per_class: int, cache: Path, seed: int, trun
 RECIPES_ALLOWED = "mix:A, filtered:A, dfiltered:A (each optionally :anneal), pretrain[:filtered|:dfiltered]"
 
 
+_PRETRAIN = re.compile(r"pretrain(?::(filtered|dfiltered))?")
+_MIX = re.compile(r"(mix|filtered|dfiltered):(\d*\.?\d+)(:anneal)?")
+
+
 def _recipe_row(recipe: str, n: int) -> dict:
     """A --recipes entry -> its row's name and training recipe (see the module docstring)."""
-    parts = recipe.split(":")
-    kind, rest = parts[0], parts[1:]
-    pool = {"pool": rest[0]} if kind == "pretrain" and rest else {}
-    if kind == "pretrain" and (not rest or (len(rest) == 1 and rest[0] in ("filtered", "dfiltered"))):
-        label = f"{rest[0]} syn" if rest else "syn"
-        return {"name": f"real {n}: pretrain {label}, finetune", "recipe": "pretrain", **pool}
-    if kind in POOL_LABELS and len(rest) in (1, 2) and (len(rest) == 1 or rest[1] == "anneal"):
-        try:
-            a = float(rest[0])
-        except ValueError:
-            a = -1.0
-        if 0 < a <= 1:
-            anneal = len(rest) == 2
-            return {"name": f"real {n} + {POOL_LABELS[kind]} {a:g}" + ("→0" if anneal else ""), "recipe": "mix",
-                    "fraction": a, **({"anneal": True} if anneal else {}),
-                    **({"pool": kind} if kind != "mix" else {})}
+    if m := _PRETRAIN.fullmatch(recipe):
+        pool = m[1]
+        return {"name": f"real {n}: pretrain {pool + ' ' if pool else ''}syn, finetune", "recipe": "pretrain",
+                **({"pool": pool} if pool else {})}
+    if (m := _MIX.fullmatch(recipe)) and 0 < float(m[2]) <= 1:
+        kind, a, anneal = m[1], float(m[2]), bool(m[3])
+        return {"name": f"real {n} + {POOL_LABELS[kind]} {a:g}" + ("→0" if anneal else ""), "recipe": "mix",
+                "fraction": a, **({"anneal": True} if anneal else {}), **({"pool": kind} if kind != "mix" else {})}
     raise ValueError(f"unknown recipe {recipe!r}; allowed: {RECIPES_ALLOWED} (0 < A <= 1)")
 
 

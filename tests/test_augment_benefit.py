@@ -49,7 +49,7 @@ def test_annealed_and_filtered_pretrain_recipes_name_their_pool_and_bad_ones_are
         ("real 200 + mix 0.3→0", "mix", None, True),
         ("real 200: pretrain filtered syn, finetune", "pretrain", "filtered", False),
         ("real 200: pretrain syn, finetune", "pretrain", None, False)]
-    for bad in ("filtered:0.5:slow", "mix", "mix:2", "mix:x", "pretrain:mix", "pretrain:filtered:0.5",
+    for bad in ("filtered:0.5:slow", "mix", "mix:2", "mix:0", "mix:x", "mix:0.5:", "pretrain:mix", "pretrain:filtered:0.5",
                 "anneal:0.5"):
         with pytest.raises(ValueError, match=f"unknown recipe '{bad}'; allowed: mix:A"):
             conditions([50], [], [], False, [bad])
