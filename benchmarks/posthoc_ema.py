@@ -23,13 +23,12 @@ from safetensors.torch import load_file
 from models.checkpoint import load, save
 from training.config import load_config
 from training.ema import posthoc_ema
-from training.loop import SNAPSHOTS, STATE_NAME
+from training.loop import EXPORT_RECALIBRATION_BATCHES, SNAPSHOTS, STATE_NAME
 from training.tasks import CONDITIONAL, TASKS
 
 
-def _save_recalibrated(task, G: torch.nn.Module, meta: dict, out: Path, note: str, seed: int) -> Path:
-    torch.manual_seed(seed)
-    task.recalibrate(G, batches=32)
+def _save_recalibrated(task, G: torch.nn.Module, meta: dict, out: Path, note: str) -> Path:
+    task.recalibrate(G, batches=EXPORT_RECALIBRATION_BATCHES)  # as the run's export was (its own seeded noise)
     return save(G, out, {**meta, "note": note})
 
 
@@ -38,13 +37,13 @@ def _task(run: Path):
     return TASKS[CONDITIONAL](load_config(run / "config.yaml"), torch.device("cpu"))
 
 
-def export_raw(run: Path, out: Path, seed: int = 0, task=None) -> Path:
+def export_raw(run: Path, out: Path, task=None) -> Path:
     """G's raw weights from the run's resume state."""
     G, meta = load(load_config(run / "config.yaml").export)  # the architecture and metadata of the export
     state = torch.load(run / STATE_NAME, map_location="cpu", weights_only=True)
     G.load_state_dict(state["G"])
     return _save_recalibrated(task or _task(run), G, meta, out, f"raw generator (no EMA) of {run / STATE_NAME} "
-                                                                f"at step {state['step']}", seed)
+                                                                f"at step {state['step']}")
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
@@ -59,7 +58,7 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def export_posthoc(run: Path, decays: list[float], out: Path, seed: int = 0, task=None) -> list[Path]:
+def export_posthoc(run: Path, decays: list[float], out: Path, task=None) -> list[Path]:
     """The EMAs of `decays` at the run's last snapshot, one pass over the snapshots: out/ema<decay> each."""
     found = snapshots(run)
     last_step, last = found[-1]
@@ -71,7 +70,7 @@ def export_posthoc(run: Path, decays: list[float], out: Path, seed: int = 0, tas
     for decay, ema in emas.items():
         G.load_state_dict({**raw, **ema})
         paths.append(_save_recalibrated(task, G, meta, out / f"ema{decay:g}", f"post-hoc EMA {decay:g} at step "
-                                        f"{last_step} from {len(found)} snapshots (every {every} steps)", seed))
+                                        f"{last_step} from {len(found)} snapshots (every {every} steps)"))
     return paths
 
 

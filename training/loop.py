@@ -40,6 +40,7 @@ from .telemetry import Throughput, log_config, log_grid, purge_step
 
 STATE_NAME = "state.pt"
 SNAPSHOTS = "snapshots"  # the workdir's folder of raw G weights (snapshot_every)
+EXPORT_RECALIBRATION_BATCHES = 32  # BatchNorm statistics of an exported G: over 32 batches of 64
 
 
 def train(cfg: TrainConfig, resume: bool | str = False) -> Path:
@@ -282,7 +283,7 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
     export = Path(cfg.export)
 
     def export_model() -> None:
-        task.recalibrate(G_ema, batches=32)
+        task.recalibrate(G_ema, batches=EXPORT_RECALIBRATION_BATCHES)
         meta = task.metadata(step, {
             "classifier": str(classifier) if classifier is not None else None,
             "images_seen": images_seen, "train_seconds": round(train_seconds, 1),
