@@ -7,32 +7,33 @@ import torch
 import torch.nn as nn
 
 
-def ema_decay_at(step: int, decay: float) -> float:
+def ema_decay_at(step: int, decay: float, warmup: float = 10.0) -> float:
     """The decay of the update made at `step` (0-based, before the step count moves on): warmed up as
-    min(decay, (1 + step) / (10 + step)), so early weights do not linger."""
-    return min(decay, (1 + step) / (10 + step))
+    min(decay, (1 + step) / (warmup + step)), so early weights do not linger. Below the cap the EMA at step T
+    weighs step s as ~s^(warmup - 2): a power-law average whose centre of mass lies T / warmup steps back."""
+    return min(decay, (1 + step) / (warmup + step))
 
 
 @torch.no_grad()
-def posthoc_ema(snapshots: Iterable[tuple[int, dict[str, torch.Tensor]]], decays: Iterable[float],
-                names: Iterable[str]) -> dict[float, dict[str, torch.Tensor]]:
-    """{decay: the EMA of that decay of the tensors `names` (G's parameters)} at the last of `snapshots` (step,
-    raw state dict), in step order from step 0, as the training loop would have kept it, in one pass over the
-    snapshots: the updates of the steps between two snapshots all take the later snapshot's weights (exact for a
-    snapshot every step)."""
-    names, decays, emas, last = list(names), list(decays), None, 0
+def posthoc_ema(snapshots: Iterable[tuple[int, dict[str, torch.Tensor]]], profiles: Iterable[tuple[float, float]],
+                names: Iterable[str]) -> dict[tuple[float, float], dict[str, torch.Tensor]]:
+    """{(decay, warmup): the EMA of that profile (`ema_decay_at`) of the tensors `names` (G's parameters)} at the
+    last of `snapshots` (step, raw state dict), in step order from step 0, as the training loop would have kept
+    it, in one pass over the snapshots: the updates of the steps between two snapshots all take the later
+    snapshot's weights (exact for a snapshot every step)."""
+    names, profiles, emas, last = list(names), list(profiles), None, 0
     for step, state in snapshots:
         if emas is None:
             if step != 0:
                 raise ValueError(f"post-hoc EMA needs the step-0 snapshot first; got step {step}")
-            emas = {d: {n: state[n].detach().clone().float() for n in names} for d in decays}
+            emas = {p: {n: state[n].detach().clone().float() for n in names} for p in profiles}
             continue
         if step <= last:
             raise ValueError(f"snapshots must come in increasing step order; got {step} after {last}")
-        for decay, ema in emas.items():
+        for (decay, warmup), ema in emas.items():
             keep = 1.0
             for t in range(last, step):
-                keep *= ema_decay_at(t, decay)
+                keep *= ema_decay_at(t, decay, warmup)
             for n in names:
                 ema[n].lerp_(state[n].float(), 1.0 - keep)
         last = step

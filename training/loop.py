@@ -233,7 +233,7 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         loss_g.backward()
         g_grad = grad_norm(G)  # of the rank-averaged gradient: the same on every rank
         opt_g.step()
-        ema_update(G_ema, G, ema_decay_at(step, cfg.ema_decay))
+        ema_update(G_ema, G, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
         step += 1
         images_seen += cfg.batch_size * ((cfg.d_steps if adversarial else 0) + 1)
         train_seconds = time.time() - start
