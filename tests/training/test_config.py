@@ -39,6 +39,8 @@ def test_bad_overrides_name_the_key(override, match):
     ("generator.architecture=Transformer", "generator.architecture must be one of"),
     ("steps=0", "steps must be a number >= 1, got 0"),
     ("ema_decay=1.5", "ema_decay must be in [0, 1)"),
+    ("ema_decay=abc", "ema_decay must be a number >= 0, got 'abc'"),
+    ("ema_warmup=abc", "ema_warmup must be a number >= 1, got 'abc'"),
     ("share_fake=sometimes", "share_fake must be true or false, got 'sometimes'"),
 ])
 def test_bad_fields_are_named_with_their_allowed_values(override, message):
