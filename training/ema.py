@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 
-def ema_decay_at(step: int, decay: float, warmup: float = 10.0) -> float:
+def ema_decay_at(step: int, decay: float, warmup: float) -> float:
     """The decay of the update made at `step` (0-based, before the step count moves on): warmed up as
     min(decay, (1 + step) / (warmup + step)), so early weights do not linger. Below the cap the EMA at step T
     weighs step s as ~s^(warmup - 2): a power-law average whose centre of mass lies T / warmup steps back."""
