@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+HTTP_CONNECTIONS = 64  # Server.http's pool: more than the most threads a caller shares it between
 
 
 def free_port() -> int:
@@ -45,7 +46,13 @@ class Server:
              "--port", str(self.port)],
             cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT,
             start_new_session=True)
-        self.http = httpx.Client(base_url=self.url, timeout=60)
+        # Shared by the tests' request threads (up to 48). httpx's default pool keeps 20 idle connections and,
+        # once it holds more than 20, closes "idle" ones outside its lock; a connection just handed to another
+        # thread is still idle until that thread sends, so the client could close a socket another thread was
+        # about to use (a client-side `ReadError: [Errno 9] Bad file descriptor`, seen once in a clean-clone
+        # run). Keep-alive >= max connections means the pool never closes a connection by itself.
+        self.http = httpx.Client(base_url=self.url, timeout=60, limits=httpx.Limits(
+            max_connections=HTTP_CONNECTIONS, max_keepalive_connections=HTTP_CONNECTIONS))
         deadline = time.monotonic() + ready_timeout  # ~8 s normally; generous for a CPU starved by other jobs
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
