@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from models import load
+from models.checkpoint import atomic_write
 from training.data import load_dataset
 from training.sample import sample_arrays
 
@@ -36,21 +36,20 @@ def main() -> None:
     p.add_argument("--root", help="dataset folder (default: the loader's own)")
     p.add_argument("--json")
     args = p.parse_args()
-    _, meta = load(args.checkpoints[0], "cpu")
+    samples = {ck: sample_arrays(ck, args.per_class, args.seed) for ck in args.checkpoints}
+    meta = samples[args.checkpoints[0]][3]  # the real data and class order are the first checkpoint's
     names = meta["class_names"]
     dataset = meta.get("provenance", {}).get("dataset", "fashion-mnist")
     real = load_dataset(dataset, "test", args.root, channels=meta["img_channels"])
     rows = {f"real {dataset} test": saturated_share(real.images.numpy(), real.labels.numpy(), len(names))}
-    for ck in args.checkpoints:
-        images, labels, _, _ = sample_arrays(ck, args.per_class, args.seed)
-        rows[ck] = saturated_share(images, labels, len(names))
+    rows.update({ck: saturated_share(images, labels, len(names)) for ck, (images, labels, _, _) in samples.items()})
     print("source".ljust(40), " ".join(n[:7].rjust(7) for n in names))
     for source, shares in rows.items():
         print(source[-40:].ljust(40), " ".join(f"{s:7.3f}" for s in shares))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"threshold": THRESHOLD, "share": SHARE, "per_class": args.per_class, "seed": args.seed,
-                       "classes": names, "rows": rows}, f, indent=1)
+        text = json.dumps({"threshold": THRESHOLD, "share": SHARE, "per_class": args.per_class, "seed": args.seed,
+                           "classes": names, "rows": rows}, indent=1)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text + "\n"))
 
 
 if __name__ == "__main__":
