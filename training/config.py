@@ -26,8 +26,8 @@ COLLAPSE_ACTIONS = ("warn", "stop", "rollback")
 RESUME_MODES = (False, True, "auto")  # TrainConfig.resume
 # TrainConfig.amp, where the training step runs under bf16 autocast: off | cuda (the default) | always (the CPU too;
 # pays only on CPUs with bf16 instructions: 0.11x float32 on an AVX2-only one, benchmarks/RESULTS.md). true/false
-# read as cuda/off.
-AMP_MODES = ("off", "cuda", "always")
+# read as cuda/off. auto: bf16 where it is native (CUDA, or a CPU with bf16 instructions), float32 elsewhere.
+AMP_MODES = ("off", "cuda", "always", "auto")
 CHANNELS = (1, 3)
 
 
@@ -91,6 +91,9 @@ class TrainConfig:
     r1_gamma: float = 0.0  # R1 penalty weight on real data (0 = off)
     gp_lambda: float = 0.0  # WGAN-GP weight (0 = off)
     mode_seeking: float = 0.0  # class-conditional: weight of the MSGAN mode-seeking term on G (0 = off)
+    # > 0: cap each same-class pair's term at this x the batch's real same-class spread (DSGAN's min(r, tau);
+    # training.regularizers.mode_seeking_loss), so the term stops pushing pairs already as far apart as real ones
+    mode_seeking_cap: float = 0.0
     diffaugment: str = ""  # e.g. "translation,cutout,colour" for small data
     batch_size: int = 64
     steps: int = 3000  # generator steps
@@ -110,7 +113,7 @@ class TrainConfig:
     # The G step reuses the first D step's fake batch (one G forward a step instead of two, as PyTorch's DCGAN
     # example does) rather than drawing fresh z: another RNG stream, so a run with it is a different run
     share_fake: bool = False
-    amp: str = "cuda"  # bf16 autocast of the training step: off | cuda (CUDA only) | always (CPU too); AMP_MODES
+    amp: str = "cuda"  # bf16 autocast of the training step: off | cuda (CUDA only) | always (CPU too) | auto; AMP_MODES
     workdir: str = "runs/run"  # logs, TensorBoard, sample grids, resume state
     export: str = "checkpoints/run"  # final checkpoint for serving (EMA generator)
     # Also write the final D beside the export (discriminator.safetensors; for augment's --d-keep-fraction).
@@ -157,8 +160,8 @@ class TrainConfig:
         _at_least(self, 1, "batch_size", "steps", "d_steps", "log_every", "sample_every", "state_every",
                   "grid_columns", "ema_warmup")
         _at_least(self, 0, "adversarial_weight", "l1_weight", "feature_matching", "r1_gamma", "gp_lambda",
-                  "mode_seeking", "lr_d", "lr_g", "lr_decay_steps", "collapse_check_every", "snapshot_every",
-                  "ema_decay")
+                  "mode_seeking", "mode_seeking_cap", "lr_d", "lr_g", "lr_decay_steps", "collapse_check_every",
+                  "snapshot_every", "ema_decay")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not self.ema_warmup > 1:
@@ -176,6 +179,10 @@ class TrainConfig:
         if paired and self.collapse_check_every > 0:
             raise ValueError("collapse_check_every needs a class-conditional run (data.paired unset); "
                              f"got data.paired={self.data.paired!r}")
+        if self.mode_seeking_cap > 0 and not self.mode_seeking > 0:
+            raise ValueError(f"mode_seeking_cap caps the mode-seeking term, which is off: set mode_seeking > 0 "
+                             f"or mode_seeking_cap to 0; got mode_seeking {self.mode_seeking}, "
+                             f"mode_seeking_cap {self.mode_seeking_cap}")
         if self.feature_matching > 0:
             d_arch = self.discriminator["architecture"]
             if not (hasattr(ARCHITECTURES[d_arch], "features") and self.adversarial_weight > 0):

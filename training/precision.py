@@ -1,4 +1,4 @@
-"""Where the training step runs in bf16: `amp` = off | cuda | always, and whether this CPU has the instructions
+"""Where the training step runs in bf16: `amp` = off | cuda | always | auto, and whether this CPU has the instructions
 that make `always` pay (benchmarks/RESULTS.md, "bf16 autocast and torch.compile for training")."""
 from __future__ import annotations
 
@@ -23,12 +23,22 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
 
 
 def training_autocast(mode: str, device: torch.device, warn: bool = True, flags: set[str] | None = None):
-    """The context the training step runs in for `amp` = off | cuda | always (bf16 autocast, float32 weights).
+    """The context the training step runs in for `amp` = off | cuda | always | auto (bf16 autocast, float32
+    weights). `auto` is bf16 on CUDA and on a CPU whose flags name a bf16 instruction, float32 elsewhere (and
+    where the flags cannot be read), and says which on a CPU.
     `always` on a CPU whose flags name no bf16 instruction warns once: oneDNN then emulates bf16, and the step
     ran at 0.11x float32 on an AVX2-only CPU (benchmarks/RESULTS.md, "bf16 autocast and torch.compile for training")."""
+    flags = cpu_flags() if flags is None and device.type == "cpu" else flags
+    if mode == "auto":  # bf16 where it is native: CUDA, or a CPU whose flags name a bf16 instruction
+        native = device.type == "cuda" or (device.type == "cpu" and bool(flags and flags & set(CPU_BF16_FLAGS)))
+        if warn and device.type == "cpu":
+            found = ", ".join(sorted(flags & set(CPU_BF16_FLAGS))) if native else ""
+            said = f"bf16 autocast, this CPU has {found}" if native else \
+                f"float32, this CPU's flags name none of {list(CPU_BF16_FLAGS)}"
+            print(f"amp=auto: {said}", file=sys.stderr)
+        return torch.autocast(device.type, dtype=torch.bfloat16) if native else nullcontext()
     if not (mode == "always" or (mode == "cuda" and device.type == "cuda")):
         return nullcontext()
-    flags = cpu_flags() if flags is None and device.type == "cpu" else flags
     if warn and device.type == "cpu" and flags is not None and not flags & set(CPU_BF16_FLAGS):
         print(f"warning: amp=always on a CPU without bf16 instructions (none of {list(CPU_BF16_FLAGS)} in its "
               "flags): the step will be much slower than with amp=off", file=sys.stderr)

@@ -69,7 +69,7 @@ class ConditionalTask:
     def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.cfg.mode_seeking <= 0:
             return torch.zeros((), device=fake.device)
-        return self.cfg.mode_seeking * mode_seeking_loss(fake, z, cond)
+        return self.cfg.mode_seeking * mode_seeking_loss(fake, z, cond, real=real, cap=self.cfg.mode_seeking_cap)
 
     def recalibrate(self, G: nn.Module, batches: int) -> None:
         gen = torch.Generator().manual_seed(self.cfg.seed)

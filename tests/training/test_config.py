@@ -29,7 +29,7 @@ def test_bad_overrides_name_the_key(override, match):
     ("diffaugment=translation,zoom", "diffaugment must be one of ['color', 'colour', 'cutout', 'translation'], "
                                      "got 'zoom'"),
     ("collapse_action=panic", "collapse_action must be one of ['warn', 'stop', 'rollback'], got 'panic'"),
-    ("amp=fast", "amp must be one of ['off', 'cuda', 'always'], got 'fast'"),
+    ("amp=fast", "amp must be one of ['off', 'cuda', 'always', 'auto'], got 'fast'"),
     ("data.paired=sketch", "data.paired must be one of ['aligned', 'folders', 'edges'"),
     ("data.direction=up", "data.direction must be one of ['AtoB', 'BtoA'], got 'up'"),
     ("data.name=imagenet", "data.name must be one of ['fashion-mnist'"),
@@ -42,6 +42,7 @@ def test_bad_overrides_name_the_key(override, match):
     ("ema_decay=abc", "ema_decay must be a number >= 0, got 'abc'"),
     ("ema_warmup=abc", "ema_warmup must be a number >= 1, got 'abc'"),
     ("share_fake=sometimes", "share_fake must be true or false, got 'sometimes'"),
+    ("mode_seeking_cap=-1", "mode_seeking_cap must be a number >= 0, got -1"),
 ])
 def test_bad_fields_are_named_with_their_allowed_values(override, message):
     with pytest.raises(ValueError) as e:
@@ -54,6 +55,7 @@ def test_bad_fields_are_named_with_their_allowed_values(override, message):
     (["data.paired=edges", "collapse_check_every=100"], "collapse_check_every needs a class-conditional run"),
     (["data.paired=edges", "discriminator.architecture=PatchDiscriminator", "feature_matching=10",
       "adversarial_weight=0"], "adversarial_weight > 0"),
+    (["mode_seeking=0", "mode_seeking_cap=1"], "mode_seeking_cap caps the mode-seeking term, which is off"),
 ])
 def test_combinations_a_run_cannot_serve_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,6 @@
 """R1 and WGAN-GP against their formulas on a linear critic D(x) = <w, x>, whose input gradient is w."""
+import math
+
 import pytest
 import torch
 
@@ -46,3 +48,37 @@ def test_mode_seeking_rewards_spread_and_is_inert_without_pairs():
     loss = mode_seeking_loss(spread, z, torch.arange(8))
     loss.backward()
     assert loss.item() == 0 and spread.grad.abs().sum() == 0
+
+
+def test_capped_mode_seeking_caps_each_pair_at_its_classes_real_spread():
+    # Class 4: fake pairs (0,1) and (0,2), (1,2); class 7: one pair (3,4). z distances are all 1 per dim.
+    z = torch.tensor([[0.0], [1.0], [2.0], [0.0], [1.0]])
+    labels = torch.tensor([4, 4, 4, 7, 7])
+    fake = torch.tensor([[0.0], [0.1], [3.0], [0.0], [0.5]], requires_grad=True)
+    real = torch.tensor([[0.0], [1.0], [2.0], [0.0], [0.2]])  # mean same-class spread: class 4 4/3, class 7 0.2
+    tau4, tau7 = (4 / 3) / (2 / math.pi ** 0.5), 0.2 / (2 / math.pi ** 0.5)
+    z_dist = torch.tensor([1.0, 2.0, 1.0, 1.0])  # pairs (0,1) (0,2) (1,2) (3,4)
+    fake_dist = torch.tensor([0.1, 3.0, 2.9, 0.5])
+    capped = torch.minimum(fake_dist / z_dist, torch.tensor([tau4, tau4, tau4, tau7]))
+    loss = mode_seeking_loss(fake, z, labels, real=real, cap=1.0)
+    assert loss.item() == pytest.approx(1 / (capped.mean().item() + 1e-5))
+    loss.backward()
+    # Rows 2 and 4 are only in capped pairs (farther apart than their class's real pairs): no push on them.
+    assert fake.grad[2].item() == 0 and fake.grad[4].item() == 0 and fake.grad[1].item() != 0
+    # Uncapped, the same batch pushes every row; cap 0 is the uncapped term.
+    assert mode_seeking_loss(fake, z, labels, real=real, cap=0.0).item() == pytest.approx(
+        mode_seeking_loss(fake, z, labels).item())
+
+
+def test_capped_mode_seeking_does_not_reward_spread_beyond_the_real_data():
+    z = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(16, dtype=torch.long)
+    real = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+    varied = real.clone() * 3  # three times the real spread: every pair capped
+    slabs = real.clone() * 30
+    a = mode_seeking_loss(varied, z, labels, real=real, cap=1.0)
+    b = mode_seeking_loss(slabs, z, labels, real=real, cap=1.0)
+    assert a.item() == pytest.approx(b.item())  # no gain from going further out
+    assert mode_seeking_loss(real * 0.01, z, labels, real=real, cap=1.0) > a  # a collapsed batch still loses
+    with pytest.raises(ValueError, match="needs the real batch"):
+        mode_seeking_loss(varied, z, labels, cap=1.0)

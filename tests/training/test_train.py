@@ -102,7 +102,8 @@ def test_resume_without_state_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("loss,extra", [("minimax", {}), ("non-saturating", {"r1_gamma": 1.0}),
                                         ("wasserstein", {"gp_lambda": 10.0}), ("least-squares", {}),
                                         ("hinge", {"diffaugment": "colour,translation,cutout"}),
-                                        ("hinge", {"mode_seeking": 1.0})])
+                                        ("hinge", {"mode_seeking": 1.0}),
+                                        ("hinge", {"mode_seeking": 0.5, "mode_seeking_cap": 1.0})])
 def test_every_loss_and_regularizer_trains(tmp_path, loss, extra):
     ckpt = train_tiny(tmp_path, loss=loss, steps=3, batch_size=8, **extra)
     images, *_ = sample_arrays(str(ckpt), 2, 0)
@@ -126,6 +127,18 @@ def test_amp_always_warns_on_a_cpu_without_bf16_instructions(flags, warns, capsy
     assert ("without bf16 instructions" in capsys.readouterr().err) == warns
     assert not isinstance(training_autocast("cuda", torch.device("cpu")), torch.autocast)  # the default: CUDA only
     assert not isinstance(training_autocast("off", torch.device("cpu")), torch.autocast)
+
+
+@pytest.mark.parametrize("flags,native", [({"avx2", "fma"}, False), ({"avx2", "avx512_bf16"}, True),
+                                          ({"amx_bf16"}, True), (None, False)])
+def test_amp_auto_is_bf16_only_where_the_cpu_has_bf16_instructions(flags, native, capsys, monkeypatch):
+    from training import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: None)  # flags=None below: an unreadable /proc/cpuinfo
+    ctx = precision.training_autocast("auto", torch.device("cpu"), flags=flags)
+    assert isinstance(ctx, torch.autocast) == native
+    assert not native or ctx.fast_dtype == torch.bfloat16
+    assert ("amp=auto: bf16 autocast" if native else "amp=auto: float32") in capsys.readouterr().err
 
 
 def test_amp_always_reads_this_machines_flags(capsys):
