@@ -28,18 +28,20 @@ def training_autocast(mode: str, device: torch.device, warn: bool = True, flags:
     where the flags cannot be read), and says which on a CPU.
     `always` on a CPU whose flags name no bf16 instruction warns once: oneDNN then emulates bf16, and the step
     ran at 0.11x float32 on an AVX2-only CPU (benchmarks/RESULTS.md, "bf16 autocast and torch.compile for training")."""
-    flags = cpu_flags() if flags is None and device.type == "cpu" else flags
-    if mode == "auto":  # bf16 where it is native: CUDA, or a CPU whose flags name a bf16 instruction
-        native = device.type == "cuda" or (device.type == "cpu" and bool(flags and flags & set(CPU_BF16_FLAGS)))
-        if warn and device.type == "cpu":
-            found = ", ".join(sorted(flags & set(CPU_BF16_FLAGS))) if native else ""
-            said = f"bf16 autocast, this CPU has {found}" if native else \
+    if mode == "off" or (mode == "cuda" and device.type != "cuda"):
+        return nullcontext()
+    if device.type != "cpu":  # auto is bf16 on CUDA only (not on MPS); cuda and always on any such device
+        native = mode != "auto" or device.type == "cuda"
+        return torch.autocast(device.type, dtype=torch.bfloat16) if native else nullcontext()
+    flags = cpu_flags() if flags is None else flags
+    have = sorted(flags & set(CPU_BF16_FLAGS)) if flags else []
+    if mode == "auto":
+        if warn:
+            said = f"bf16 autocast, this CPU has {', '.join(have)}" if have else \
                 f"float32, this CPU's flags name none of {list(CPU_BF16_FLAGS)}"
             print(f"amp=auto: {said}", file=sys.stderr)
-        return torch.autocast(device.type, dtype=torch.bfloat16) if native else nullcontext()
-    if not (mode == "always" or (mode == "cuda" and device.type == "cuda")):
-        return nullcontext()
-    if warn and device.type == "cpu" and flags is not None and not flags & set(CPU_BF16_FLAGS):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if have else nullcontext()
+    if warn and flags is not None and not have:
         print(f"warning: amp=always on a CPU without bf16 instructions (none of {list(CPU_BF16_FLAGS)} in its "
               "flags): the step will be much slower than with amp=off", file=sys.stderr)
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16)
