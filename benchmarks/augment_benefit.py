@@ -6,8 +6,9 @@
     .venv/bin/python -m benchmarks.augment_benefit --latency [--results benchmarks/RESULTS.md]
                                                     # online /generate latency idle vs while a job runs
 
-Every condition trains the same small CNN (models.DomainClassifier, width --width) from scratch with the
-same recipe as `ganforge train-classifier` (`training.classifier.fit_classifier`: optimiser, random flip +
+Every condition trains the same classifier from scratch (--evaluator: the small CNN models.DomainClassifier,
+width --width; or, networks of other families than the filter's, an MLP or torchvision's ResNet-18 with a
+1-channel stem) with the same recipe as `ganforge train-classifier` (`training.classifier.fit_classifier`: optimiser, random flip +
 2-pixel shift, label smoothing) and number of steps, so all get the same compute; each is repeated for --seeds seeds and tested on the 10,000 real test
 images:
   real N            N real training images per class (--sizes, default 50, 200, 1000), a subset per seed
@@ -59,20 +60,52 @@ POOL_LABELS = {"mix": "mix", "filtered": "filtered mix", "dfiltered": "D-filtere
 
 # --- the classifier benefit -----------------------------------------------------------------------------
 
-def fit_and_test(stages, test, width: int, seed: int, device) -> float:
-    """Train a fresh DomainClassifier through `stages` and return its real test accuracy.
+def domain_cnn(width: int, resolution: int):
+    """The project's small CNN (models.DomainClassifier), the architecture of the bundled classifier that filters."""
+    from models import DomainClassifier, DomainClassifierConfig
+
+    return DomainClassifier(DomainClassifierConfig(num_classes=10, img_resolution=resolution, img_channels=1,
+                                                   width=width))
+
+
+def resnet18(width: int, resolution: int):
+    """torchvision's ResNet-18 (random init, 11 M parameters), its stem taking one channel: an evaluator of
+    another family than the filter's network, for gains that are not one architecture's taste. `width` unused."""
+    import torch
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None, num_classes=10)
+    net.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
+
+
+def mlp(width: int, resolution: int):
+    """A multilayer perceptron (pixels -> 512 -> 256 -> 10, ReLU): no convolution, so no prior shared with the
+    filter's CNN; cheap enough for every row on 2 cores. `width` unused."""
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(resolution * resolution, 512), nn.ReLU(),
+                         nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+# --evaluator: the network every row trains from scratch and tests. ResNet-18 takes ~20+ min a row on 2 CPU cores
+EVALUATORS = {"domain": domain_cnn, "mlp": mlp, "resnet18": resnet18}
+EVALUATOR_NAMES = {"domain": "DomainClassifier width {width}", "mlp": "MLP 512-256 (no convolution)",
+                   "resnet18": "torchvision ResNet-18 (1-channel stem)"}
+
+
+def fit_and_test(stages, test, width: int, seed: int, device, evaluator: str = "domain") -> float:
+    """Train a fresh classifier (EVALUATORS[evaluator]) through `stages` and return its real test accuracy.
 
     `stages`: a list of (sampler, steps); sampler(gen, batch_count) yields that many (uint8 images (B, 1, H, W),
     labels) batches. Each stage is one `fit_classifier` run (`ganforge train-classifier`'s recipe: optimiser,
     one-cycle schedule, flip + shift, label smoothing), so a condition's compute is the sum of its steps."""
     import torch
 
-    from models import DomainClassifier, DomainClassifierConfig
     from training.classifier import accuracy, fit_classifier
 
     torch.manual_seed(seed)
-    cfg = DomainClassifierConfig(num_classes=10, img_resolution=test.images.shape[-1], img_channels=1, width=width)
-    model = DomainClassifier(cfg).to(device)
+    model = EVALUATORS[evaluator](width, test.images.shape[-1]).to(device)
     gen = torch.Generator().manual_seed(seed)
     for sampler, steps in stages:
         fit_classifier(model, sampler(gen, steps), steps, gen, lr=2e-3)
@@ -232,7 +265,7 @@ def benefit(args: argparse.Namespace) -> dict:
                 parts = [p for p in (real, syn) if p is not None]
                 stages = [(uniform(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), B), steps)]
             t = time.perf_counter()
-            acc = fit_and_test(stages, test, args.width, seed, device)
+            acc = fit_and_test(stages, test, args.width, seed, device, args.evaluator)
             accs.append(acc)
             print(f"{cond['name']:>36} seed {seed}: test accuracy {acc:.4f} ({time.perf_counter() - t:.0f} s)",
                   flush=True)
@@ -240,7 +273,7 @@ def benefit(args: argparse.Namespace) -> dict:
     filtered, dfiltered = pools.get("filtered"), pools.get("dfiltered")
     return {"when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "device": str(device), "checkpoint": args.checkpoint, "checkpoint_sha256": sha, "steps": args.steps,
-            "batch_size": args.batch_size, "width": args.width, "seeds": args.seeds,
+            "batch_size": args.batch_size, "width": args.width, "evaluator": args.evaluator, "seeds": args.seeds,
             "truncation": args.truncation, "rows": rows,
             "filter": {"classifier": args.filter, "min_confidence": args.filter_p,
                        "acceptance": filtered[2]["total"]} if filtered else None,
@@ -251,7 +284,8 @@ def benefit_markdown(result: dict) -> str:
     base = {r["real"]: r for r in result["rows"] if r["syn"] == 0}
     lines = [f"### Synthetic augmentation benefit ({result['when']}, {result['machine']}, {result['device']})", "",
              f"Checkpoint `{result['checkpoint']}` (sha256 {result['checkpoint_sha256'][:12]}…), truncation "
-             f"{result['truncation']}; classifier: DomainClassifier width {result['width']}, {result['steps']} steps "
+             f"{result['truncation']}; classifier: "
+             f"{EVALUATOR_NAMES[result.get('evaluator', 'domain')].format(width=result['width'])}, {result['steps']} steps "
              f"of batch {result['batch_size']} for every condition; seeds: {result['seeds']}; "
              "real Fashion-MNIST test set (10,000 images)." + filter_line(result.get("filter"))
              + d_filter_line(result.get("d_filter")), "",
@@ -377,6 +411,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per condition (the same for all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--width", type=int, default=16)  # ~50 s per condition and seed on 2 cores
+    p.add_argument("--evaluator", choices=list(EVALUATORS), default="domain",
+                   help="the classifier every row trains from scratch and tests: the project's CNN (--width), an "
+                        "MLP, or torchvision's ResNet-18 (slow on a CPU)")
     p.add_argument("--truncation", type=float, default=None)
     p.add_argument("--syn-seed", type=int, default=10**9, help="seed of the synthetic pool's image 0")
     p.add_argument("--cache", default=str(ROOT / "runs" / "augment_benefit"), help="synthetic pool folder")

@@ -28,19 +28,29 @@ def saturated_share(images: np.ndarray, labels: np.ndarray, classes: int) -> lis
     return [float(bright[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(classes)]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser(description: str, per_class: int) -> argparse.ArgumentParser:
+    """The command line of the per-class comparisons (this one and benchmarks/pair_spread.py)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--per-class", type=int, default=per_class)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--root", help="dataset folder (default: the loader's own)")
     p.add_argument("--json")
-    args = p.parse_args()
+    return p
+
+
+def sources(args: argparse.Namespace):
+    """(samples {checkpoint: sample_arrays(...)}, class names, dataset name, the real test split)."""
     samples = {ck: sample_arrays(ck, args.per_class, args.seed) for ck in args.checkpoints}
     meta = samples[args.checkpoints[0]][3]  # the real data and class order are the first checkpoint's
-    names = meta["class_names"]
     dataset = meta.get("provenance", {}).get("dataset", "fashion-mnist")
     real = load_dataset(dataset, "test", args.root, channels=meta["img_channels"])
+    return samples, meta["class_names"], dataset, real
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n")[0], 500).parse_args()
+    samples, names, dataset, real = sources(args)
     rows = {f"real {dataset} test": saturated_share(real.images.numpy(), real.labels.numpy(), len(names))}
     rows.update({ck: saturated_share(images, labels, len(names)) for ck, (images, labels, _, _) in samples.items()})
     print("source".ljust(40), " ".join(n[:7].rjust(7) for n in names))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.augment_benefit import FULL, conditions, mixed, uniform
+from benchmarks.augment_benefit import EVALUATORS, FULL, benefit_markdown, conditions, fit_and_test, mixed, uniform
+from training.data import ImageData
 
 
 def test_the_plan_has_every_recipe_at_every_size_and_the_same_compute():
@@ -61,3 +62,21 @@ def test_an_annealed_mix_falls_linearly_from_the_stated_fraction_to_no_synthetic
     batches = list(mixed(real, syn, 0.5, 64, anneal=True)(torch.Generator().manual_seed(0), 5))
     assert [int((labels == 1).sum()) for _, labels in batches] == [32, 24, 16, 8, 0]
     assert all(images.shape == (64, 1, 4, 4) for images, _ in batches)
+
+
+@pytest.mark.parametrize("evaluator", sorted(EVALUATORS))
+def test_every_evaluator_trains_from_scratch_on_the_stages_and_is_named_in_the_report(evaluator):
+    torch.manual_seed(0)
+    model = EVALUATORS[evaluator](8, 28)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    # two separable classes (dark vs bright images): a few steps of either network learn them
+    images = torch.cat([torch.zeros(32, 1, 28, 28), torch.full((32, 1, 28, 28), 255.0)]).to(torch.uint8)
+    labels = torch.cat([torch.zeros(32), torch.ones(32)]).long()
+    test = ImageData(images, labels, ["dark", "bright"], "toy")
+    acc = fit_and_test([(uniform(images, labels, 16), 30)], test, 8, 0, torch.device("cpu"), evaluator)
+    assert acc == 1.0
+    row = {"name": "real 50", "real": 50, "syn": 0, "mean": acc, "std": 0.0}
+    text = benefit_markdown({"when": "now", "machine": "m", "device": "cpu", "checkpoint": "c",
+                             "checkpoint_sha256": "0" * 64, "truncation": None, "width": 8, "evaluator": evaluator,
+                             "steps": 30, "batch_size": 16, "seeds": 1, "rows": [row]})
+    assert {"domain": "DomainClassifier width 8", "mlp": "MLP 512-256", "resnet18": "torchvision ResNet-18"}[evaluator] in text

@@ -39,7 +39,7 @@ def scaled_schedule(n: int, batch_size: int, epochs: int, min_steps: int) -> tup
 
 
 @torch.no_grad()
-def accuracy(model: DomainClassifier, data: ImageData | ImageDataset, batch_size: int = 500) -> float:
+def accuracy(model: torch.nn.Module, data: ImageData | ImageDataset, batch_size: int = 500) -> float:
     """Top-1 accuracy of `model` on a uint8 dataset (in memory, or streamed through the DataLoader)."""
     dataset = TensorImages(data) if isinstance(data, ImageData) else data
     model.eval()
@@ -68,9 +68,10 @@ def random_batches(n: int, batch_size: int, steps: int, gen: torch.Generator) ->
         yield torch.randint(n, (batch_size,), generator=gen)
 
 
-def fit_classifier(model: DomainClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int,
-                   gen: torch.Generator, lr: float = 2e-3, progress: bool = False) -> DomainClassifier:
+def fit_classifier(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                   gen: torch.Generator, lr: float = 2e-3, progress: bool = False) -> torch.nn.Module:
     """The domain classifier's recipe: AdamW, one-cycle LR over `steps`, flip + shift, label smoothing 0.05.
+    `model`: any module mapping images in [-1, 1] (B, C, H, W) to class logits (a DomainClassifier here).
 
     `batches` yields `steps` (uint8 images (B, C, H, W), labels (B,)) pairs on the CPU; `gen` drives the
     augmentation (and, in `epoch_batches` / `random_batches`, the batch order).
