@@ -8,9 +8,9 @@
 
 Every condition trains the same classifier from scratch (--evaluator: the small CNN models.DomainClassifier,
 width --width; or, networks of other families than the filter's, an MLP or torchvision's ResNet-18 with a
-1-channel stem) with the same recipe as `ganforge train-classifier` (`training.classifier.fit_classifier`: optimiser, random flip +
-2-pixel shift, label smoothing) and number of steps, so all get the same compute; each is repeated for --seeds seeds and tested on the 10,000 real test
-images:
+1-channel stem) with the same recipe as `ganforge train-classifier` (`training.classifier.fit_classifier`:
+optimiser, random flip + 2-pixel shift, label smoothing) and number of steps, so all get the same compute;
+each is repeated for --seeds seeds and tested on the 10,000 real test images:
   real N            N real training images per class (--sizes, default 50, 200, 1000), a subset per seed
   real N + syn 1:r  the same subset plus r*N synthetic images per class (--ratios, default 1, 4)
   syn only M        M synthetic images per class and no real one: the Classification Accuracy Score
@@ -88,7 +88,7 @@ def mlp(width: int, resolution: int):
                          nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
 
 
-# --evaluator: the network every row trains from scratch and tests. ResNet-18 takes ~20+ min a row on 2 CPU cores
+# --evaluator: the network every row trains from scratch and tests (ResNet-18: ~4 min a row on 2 CPU cores)
 EVALUATORS = {"domain": domain_cnn, "mlp": mlp, "resnet18": resnet18}
 EVALUATOR_NAMES = {"domain": "DomainClassifier width {width}", "mlp": "MLP 512-256 (no convolution)",
                    "resnet18": "torchvision ResNet-18 (1-channel stem)"}
