@@ -91,7 +91,12 @@ class ProjectionDiscriminator(nn.Module):
         self.linear = maybe_sn(nn.Linear(chans[-1], 1), sn)
         self.embed = maybe_sn(nn.Embedding(config.num_classes, chans[-1]), sn)
 
+    def features(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """[the pooled features (B, C'), the logits (B,)]: one pass gives both (feature matching, the
+        mode-seeking term measured in D's features)."""
+        h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (B, C')
+        return [h, self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # x: (B, C, R, R), y: (B,) -> (B,)
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (B, C')
-        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+        return self.features(x, y)[-1]

@@ -87,13 +87,16 @@ class TrainConfig:
     loss: str = "hinge"  # minimax | non-saturating | hinge | wasserstein | least-squares
     adversarial_weight: float = 1.0  # image-to-image: 0 trains the generator on L1 alone (no D)
     l1_weight: float = 100.0  # image-to-image: lambda of the L1 term (pix2pix)
-    feature_matching: float = 0.0  # image-to-image: weight of D-feature matching on G (pix2pixHD: 10; 0 = off)
+    feature_matching: float = 0.0  # weight of D-feature matching on G (pix2pixHD: 10 for image-to-image; 0 = off)
     r1_gamma: float = 0.0  # R1 penalty weight on real data (0 = off)
     gp_lambda: float = 0.0  # WGAN-GP weight (0 = off)
     mode_seeking: float = 0.0  # class-conditional: weight of the MSGAN mode-seeking term on G (0 = off)
     # > 0: cap each same-class pair's term at this x the batch's real same-class spread (DSGAN's min(r, tau);
     # training.regularizers.mode_seeking_loss), so the term stops pushing pairs already as far apart as real ones
     mode_seeking_cap: float = 0.0
+    # class-conditional: weight of the same term measured in the discriminator's pooled features instead of pixels
+    # (capped by mode_seeking_cap at the real batch's spread in those features; 0 = off)
+    mode_seeking_features: float = 0.0
     diffaugment: str = ""  # e.g. "translation,cutout,colour" for small data
     batch_size: int = 64
     steps: int = 3000  # generator steps
@@ -160,7 +163,7 @@ class TrainConfig:
         _at_least(self, 1, "batch_size", "steps", "d_steps", "log_every", "sample_every", "state_every",
                   "grid_columns", "ema_warmup")
         _at_least(self, 0, "adversarial_weight", "l1_weight", "feature_matching", "r1_gamma", "gp_lambda",
-                  "mode_seeking", "mode_seeking_cap", "lr_d", "lr_g", "lr_decay_steps", "collapse_check_every",
+                  "mode_seeking", "mode_seeking_cap", "mode_seeking_features", "lr_d", "lr_g", "lr_decay_steps", "collapse_check_every",
                   "snapshot_every", "ema_decay")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
@@ -179,17 +182,22 @@ class TrainConfig:
         if paired and self.collapse_check_every > 0:
             raise ValueError("collapse_check_every needs a class-conditional run (data.paired unset); "
                              f"got data.paired={self.data.paired!r}")
-        if self.mode_seeking_cap > 0 and not self.mode_seeking > 0:
-            raise ValueError(f"mode_seeking_cap caps the mode-seeking term, which is off: set mode_seeking > 0 "
-                             f"or mode_seeking_cap to 0; got mode_seeking {self.mode_seeking}, "
+        if self.mode_seeking_cap > 0 and not (self.mode_seeking > 0 or self.mode_seeking_features > 0):
+            raise ValueError(f"mode_seeking_cap caps the mode-seeking term, which is off: set mode_seeking or "
+                             f"mode_seeking_features > 0, or mode_seeking_cap to 0; got mode_seeking "
+                             f"{self.mode_seeking}, mode_seeking_features {self.mode_seeking_features}, "
                              f"mode_seeking_cap {self.mode_seeking_cap}")
-        if self.feature_matching > 0:
-            d_arch = self.discriminator["architecture"]
-            if not (hasattr(ARCHITECTURES[d_arch], "features") and self.adversarial_weight > 0):
-                with_features = sorted(n for n, c in ARCHITECTURES.items() if hasattr(c, "features"))
-                raise ValueError(f"feature_matching needs a discriminator with features() ({with_features}) and "
-                                 f"adversarial_weight > 0; got {d_arch}, adversarial_weight "
-                                 f"{self.adversarial_weight}")
+        if paired and self.mode_seeking_features > 0:
+            raise ValueError("mode_seeking_features needs a class-conditional run (data.paired unset); "
+                             f"got data.paired={self.data.paired!r}")
+        for name in ("feature_matching", "mode_seeking_features"):
+            if getattr(self, name) > 0:
+                d_arch = self.discriminator["architecture"]
+                if not (hasattr(ARCHITECTURES[d_arch], "features") and self.adversarial_weight > 0):
+                    with_features = sorted(n for n, c in ARCHITECTURES.items() if hasattr(c, "features"))
+                    raise ValueError(f"{name} needs a discriminator with features() ({with_features}) and "
+                                     f"adversarial_weight > 0; got {d_arch}, adversarial_weight "
+                                     f"{self.adversarial_weight}")
 
 
 def replace(cfg: Any, changes: dict[str, Any], section: str = "config") -> Any:

@@ -216,18 +216,20 @@ def _train(cfg: TrainConfig, resume: bool | str, device: torch.device, d: Dist, 
         cond, real = step_batches[0]
         with amp:
             fake, z = shared if shared_fake else task.fake(G_run, cond, task.noise(G, noise_gen, rows))
-            loss_fm = torch.zeros((), device=device)
+            loss_fm, d_feats = torch.zeros((), device=device), None
             if not adversarial:
                 loss_adv = torch.zeros((), device=device)
-            elif cfg.feature_matching > 0:  # one pass through D gives both the logits and the features
+            elif cfg.feature_matching > 0 or cfg.mode_seeking_features > 0:  # one pass through D: logits + features
                 feats = D.features(aug(fake), cond)
                 with torch.no_grad():
                     real_feats = D.features(aug(real), cond)
                 loss_adv = g_loss_fn(feats[-1].float())
-                loss_fm = cfg.feature_matching * feature_matching(feats[:-1], real_feats[:-1])
+                if cfg.feature_matching > 0:
+                    loss_fm = cfg.feature_matching * feature_matching(feats[:-1], real_feats[:-1])
+                d_feats = (feats[-2], real_feats[-2])  # D's last features: fake (with G's graph), real
             else:
                 loss_adv = g_loss_fn(D(aug(fake), cond).float())
-            loss_extra = task.g_extra(fake, real, cond, z) + loss_fm
+            loss_extra = task.g_extra(fake, real, cond, z, d_feats) + loss_fm
             loss_g = cfg.adversarial_weight * loss_adv + loss_extra
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

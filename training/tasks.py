@@ -66,10 +66,22 @@ class ConditionalTask:
     def fake(self, G: nn.Module, cond: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return G(z, cond), z
 
-    def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if self.cfg.mode_seeking <= 0:
-            return torch.zeros((), device=fake.device)
-        return self.cfg.mode_seeking * mode_seeking_loss(fake, z, cond, real=real, cap=self.cfg.mode_seeking_cap)
+    def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: torch.Tensor,
+                d_feats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The mode-seeking terms: in pixels (`mode_seeking`) and in D's features (`mode_seeking_features`;
+        `d_feats` = D's features of `fake` and of `real`, given by the loop when that term is on)."""
+        cfg, loss = self.cfg, torch.zeros((), device=fake.device)
+        if cfg.mode_seeking > 0:
+            loss = loss + cfg.mode_seeking * mode_seeking_loss(fake, z, cond, real=real, cap=cfg.mode_seeking_cap)
+        if cfg.mode_seeking_features > 0:
+            fake_f, real_f = d_feats
+            # in units of the real batch's spread in those features (the mean L1 distance per feature over all
+            # its pairs): D's feature scale drifts as D trains, the term's strength should not
+            r = real_f.detach().float()
+            scale = (torch.pdist(r, p=1).mean() / r.shape[1]).clamp(min=1e-6)
+            loss = loss + cfg.mode_seeking_features * mode_seeking_loss(fake_f / scale, z, cond, real=real_f / scale,
+                                                                        cap=cfg.mode_seeking_cap)
+        return loss
 
     def recalibrate(self, G: nn.Module, batches: int) -> None:
         gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -128,7 +140,8 @@ class TranslationTask:
     def fake(self, G: nn.Module, cond: torch.Tensor, z: None) -> tuple[torch.Tensor, None]:
         return G(cond), None
 
-    def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: None) -> torch.Tensor:
+    def g_extra(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, z: None,
+                d_feats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         return self.cfg.l1_weight * F.l1_loss(fake.float(), real.float())
 
     def recalibrate(self, G: nn.Module, batches: int) -> None:

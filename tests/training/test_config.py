@@ -35,7 +35,7 @@ def test_bad_overrides_name_the_key(override, match):
     ("data.name=imagenet", "data.name must be one of ['fashion-mnist'"),
     ("data.name=imagefolder", "data.root is required for 'imagefolder'"),
     ("data.channels=2", "data.channels must be one of [1, 3], got 2"),
-    ("feature_matching=10", "feature_matching needs a discriminator with features()"),
+    ("mode_seeking_features=-1", "mode_seeking_features must be a number >= 0, got -1"),
     ("generator.architecture=Transformer", "generator.architecture must be one of"),
     ("steps=0", "steps must be a number >= 1, got 0"),
     ("ema_decay=1.5", "ema_decay must be in [0, 1)"),
@@ -56,6 +56,12 @@ def test_bad_fields_are_named_with_their_allowed_values(override, message):
     (["data.paired=edges", "discriminator.architecture=PatchDiscriminator", "feature_matching=10",
       "adversarial_weight=0"], "adversarial_weight > 0"),
     (["mode_seeking=0", "mode_seeking_cap=1"], "mode_seeking_cap caps the mode-seeking term, which is off"),
+    (["generator.architecture=MLPGenerator", "discriminator.architecture=MLPDiscriminator", "feature_matching=10"],
+     "feature_matching needs a discriminator with features()"),
+    (["discriminator.architecture=MLPDiscriminator", "mode_seeking_features=0.5"],
+     "mode_seeking_features needs a discriminator with features()"),
+    (["data.paired=edges", "discriminator.architecture=PatchDiscriminator", "mode_seeking_features=0.5"],
+     "mode_seeking_features needs a class-conditional run"),
 ])
 def test_combinations_a_run_cannot_serve_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -85,7 +91,7 @@ def test_a_bad_run_writes_nothing(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "data": {"name": "shapes"}, "workdir": str(tmp_path / "run"),
                                     "export": str(tmp_path / "ckpt")}))
-    for bad in ("loss=wgan", "diffaugment=zoom", "collapse_action=panic", "feature_matching=10"):
+    for bad in ("loss=wgan", "diffaugment=zoom", "collapse_action=panic", "mode_seeking_features=-1"):
         assert main(["train", str(path), "--set", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("ganforge train: error: ") and len(err.splitlines()) == 1, err

@@ -82,3 +82,27 @@ def test_capped_mode_seeking_does_not_reward_spread_beyond_the_real_data():
     assert mode_seeking_loss(real * 0.01, z, labels, real=real, cap=1.0) > a  # a collapsed batch still loses
     with pytest.raises(ValueError, match="needs the real batch"):
         mode_seeking_loss(varied, z, labels, cap=1.0)
+
+
+def test_mode_seeking_in_d_features_is_blind_to_the_features_scale_and_pushes_through_them():
+    from models.conditional import ProjectionDiscriminator, ProjectionDiscriminatorConfig
+    from training.config import TrainConfig
+    from training.tasks import ConditionalTask
+
+    D = ProjectionDiscriminator(ProjectionDiscriminatorConfig(num_classes=3, img_resolution=16, base_channels=8))
+    D.eval()  # spectral norm runs a power iteration on every training-mode forward
+    x, y = torch.randn(6, 1, 16, 16), torch.tensor([0, 0, 1, 1, 2, 2])
+    feats = D.features(x, y)
+    assert torch.equal(feats[-1], D(x, y))  # one pass gives the logits forward() gives, and the features
+    task = object.__new__(ConditionalTask)  # g_extra reads only cfg
+    task.cfg = TrainConfig(mode_seeking_features=0.5, mode_seeking_cap=1.0)
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    fake = torch.randn(6, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    real = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+    loss = task.g_extra(x, x, y, z, (fake, real))
+    # normalised by the real features' mean magnitude: D's feature scale drifting does not change the term
+    assert loss.item() == pytest.approx(task.g_extra(x, x, y, z, (fake * 10, real * 10)).item(), rel=1e-5)
+    loss.backward()
+    assert fake.grad.abs().sum() > 0
+    task.cfg = TrainConfig(mode_seeking=0.0)
+    assert task.g_extra(x, x, y, z, None).item() == 0  # off: the loop passes no features

@@ -103,7 +103,8 @@ def test_resume_without_state_is_a_clear_error(tmp_path):
                                         ("wasserstein", {"gp_lambda": 10.0}), ("least-squares", {}),
                                         ("hinge", {"diffaugment": "colour,translation,cutout"}),
                                         ("hinge", {"mode_seeking": 1.0}),
-                                        ("hinge", {"mode_seeking": 0.5, "mode_seeking_cap": 1.0})])
+                                        ("hinge", {"mode_seeking": 0.5, "mode_seeking_cap": 1.0}),
+                                        ("hinge", {"mode_seeking_features": 0.5, "mode_seeking_cap": 1.0})])
 def test_every_loss_and_regularizer_trains(tmp_path, loss, extra):
     ckpt = train_tiny(tmp_path, loss=loss, steps=3, batch_size=8, **extra)
     images, *_ = sample_arrays(str(ckpt), 2, 0)
