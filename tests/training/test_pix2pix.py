@@ -180,7 +180,8 @@ def test_training_with_feature_matching_logs_it(tmp_path):
 
 @pytest.mark.parametrize("overrides,match", [
     ({**PIX2PIX_RUN, "adversarial_weight": 0.0}, "adversarial_weight"),
-    ({}, "ProjectionDiscriminator"),  # the class-conditional D has no features()
+    ({"generator": {"architecture": "MLPGenerator"}, "discriminator": {"architecture": "MLPDiscriminator"}},
+     "MLPDiscriminator"),  # a D without features()
 ])
 def test_feature_matching_refuses_runs_it_cannot_serve(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
