@@ -163,8 +163,8 @@ class TrainConfig:
         _at_least(self, 1, "batch_size", "steps", "d_steps", "log_every", "sample_every", "state_every",
                   "grid_columns", "ema_warmup")
         _at_least(self, 0, "adversarial_weight", "l1_weight", "feature_matching", "r1_gamma", "gp_lambda",
-                  "mode_seeking", "mode_seeking_cap", "mode_seeking_features", "lr_d", "lr_g", "lr_decay_steps", "collapse_check_every",
-                  "snapshot_every", "ema_decay")
+                  "mode_seeking", "mode_seeking_cap", "mode_seeking_features", "lr_d", "lr_g", "lr_decay_steps",
+                  "collapse_check_every", "snapshot_every", "ema_decay")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not self.ema_warmup > 1:

@@ -100,7 +100,7 @@ def test_mode_seeking_in_d_features_is_blind_to_the_features_scale_and_pushes_th
     fake = torch.randn(6, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     real = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
     loss = task.g_extra(x, x, y, z, (fake, real))
-    # normalised by the real features' mean magnitude: D's feature scale drifting does not change the term
+    # in units of the real features' mean pair distance: D's feature scale drifting does not change the term
     assert loss.item() == pytest.approx(task.g_extra(x, x, y, z, (fake * 10, real * 10)).item(), rel=1e-5)
     loss.backward()
     assert fake.grad.abs().sum() > 0
